@@ -1,0 +1,13 @@
+"""pyrocg: neural networks as chain graphs in Pyro.
+
+Write a network once as a chain graph of random variables with explicit ``pyro.sample``
+sites (:mod:`pyrocg.layers`, :mod:`pyrocg.models`), then run it as a deterministic network,
+with PCFF, MC dropout or ancestral sampling by wrapping it in a handler
+(:mod:`pyrocg.handlers`).
+"""
+
+from . import handlers, layers, models, nodes
+
+__version__ = "0.1.0"
+
+__all__ = ["handlers", "layers", "models", "nodes", "__version__"]

@@ -1,0 +1,30 @@
+"""Chain-graph layers: PyroModules that emit their nodes as vectorised sample sites."""
+
+from .activation import Activation
+from .base import DROPOUT_ROLE, NODE_ROLE, ROLE_KEY, CGLayer
+from .conv import Conv1d, Conv2d
+from .dense import Dense
+from .dropout import Dropout
+from .indrnn import IndRNN
+from .pool import AvgPool2d, Flatten, GlobalAvgPool2d, MaxPool2d
+from .refine import RefineBlock
+from .sequential import Sequential
+
+__all__ = [
+    "CGLayer",
+    "Dense",
+    "Conv1d",
+    "Conv2d",
+    "Activation",
+    "AvgPool2d",
+    "MaxPool2d",
+    "GlobalAvgPool2d",
+    "Flatten",
+    "Dropout",
+    "RefineBlock",
+    "IndRNN",
+    "Sequential",
+    "ROLE_KEY",
+    "NODE_ROLE",
+    "DROPOUT_ROLE",
+]

@@ -1,0 +1,97 @@
+"""The layer base class: compute an energy, emit the layer's nodes as one sample site.
+
+Layers never branch on an execution mode. They compute energies and call ``pyro.sample`` on
+a node distribution; the handlers in :mod:`pyrocg.handlers` decide what value comes back.
+Shapes follow ``(*sample, batch, *units)``: the data dimension is a batch dimension (so the
+site sits inside the user's ``pyro.plate`` over data), the units are event dimensions, and any
+extra leading dimensions (vectorised particles, MC samples) pass through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyro
+import torch
+from pyro.nn import PyroModule
+from torch import nn
+
+from ..nodes import CGNode, resolve_node
+
+__all__ = ["CGLayer", "ROLE_KEY", "NODE_ROLE", "DROPOUT_ROLE", "make_norm", "check_input"]
+
+#: Key in a sample site's ``infer`` dict that marks chain-graph sites, and its values.
+ROLE_KEY = "pyrocg"
+NODE_ROLE = "node"
+DROPOUT_ROLE = "dropout"
+
+NORMS = ("batch", "layer", None)
+
+
+def make_norm(norm: str | None, num_features: int, spatial: bool) -> nn.Module | None:
+    """Normalisation as a reparametrisation of the energy (not a node of its own)."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if norm == "batch":
+        return nn.BatchNorm2d(num_features) if spatial else nn.BatchNorm1d(num_features)
+    if norm == "layer":
+        # GroupNorm with one group normalises over (C, H, W) with per-channel affine.
+        return nn.GroupNorm(1, num_features) if spatial else nn.LayerNorm(num_features)
+    return None
+
+
+def check_input(x: object, layer: str, min_dim: int, features: tuple[int | None, ...]) -> None:
+    """Raise a clear error unless ``x`` is a float tensor whose trailing dims match ``features``
+    (``None`` = any size)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{layer}: input must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{layer}: input must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() < min_dim:
+        raise ValueError(
+            f"{layer}: input must have at least {min_dim} dims (..., batch, {features}), "
+            f"got shape {tuple(x.shape)}"
+        )
+    trailing = tuple(x.shape[x.dim() - len(features) :])
+    if any(f is not None and f != t for f, t in zip(features, trailing)):
+        want = tuple("*" if f is None else f for f in features)
+        raise ValueError(
+            f"{layer}: expected input of shape (..., {', '.join(map(str, want))}), "
+            f"got {tuple(x.shape)}"
+        )
+
+
+class CGLayer(PyroModule):
+    """Base class of layers that emit chain-graph nodes.
+
+    :param node: node family of the layer's units (see :func:`pyrocg.nodes.resolve_node`),
+        or ``None`` for a linear read-out that returns its energy and emits no site.
+    """
+
+    #: Number of trailing unit dimensions of the layer's output (event dims of its site).
+    unit_dims: int = 1
+
+    def __init__(self, node: str | Callable[[torch.Tensor], CGNode] | None = "relu"):
+        super().__init__()
+        self.node = node
+        self._node_factory = resolve_node(node)
+
+    @property
+    def site_name(self) -> str:
+        """The readable, unique name of this layer's sample site (its module path)."""
+        return self._pyro_name or type(self).__name__.lower()
+
+    def emit(self, energy: torch.Tensor, name: str | None = None) -> torch.Tensor:
+        """Emit the nodes with this energy as one sample site and return their value."""
+        if self._node_factory is None:
+            return energy
+        dist = self._node_factory(energy)
+        event_dims = self.unit_dims + len(dist.event_shape)
+        return pyro.sample(
+            name or self.site_name,
+            dist.to_event(event_dims - len(dist.event_shape)),
+            infer={ROLE_KEY: NODE_ROLE},
+        )
+
+    def extra_repr(self) -> str:
+        return f"node={self.node!r}"

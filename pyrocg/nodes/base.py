@@ -1,0 +1,50 @@
+"""Shared machinery of the chain-graph node families.
+
+A node family is a Pyro distribution over the value of one unit of a layer given its
+*energy* ``e = b + sum_j w_ji T(x_j)``. Besides the usual distribution interface every node
+has :attr:`CGNode.feedforward`, the closed-form statistic the feed-forward pass propagates.
+``feedforward`` and ``mean`` are kept apart on purpose: for rectified nodes the familiar
+activation (ReLU, softplus, ...) only approximates the exact mean, and that gap is testable.
+"""
+
+from __future__ import annotations
+
+import torch
+from pyro.distributions import TorchDistribution
+from torch.distributions import constraints
+
+__all__ = ["CGNode", "check_energy"]
+
+
+def check_energy(energy: object, name: str = "energy", min_dim: int = 0) -> torch.Tensor:
+    """Validate an energy tensor: a floating-point :class:`torch.Tensor` of ``min_dim`` dims or more."""
+    if not isinstance(energy, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(energy).__name__}")
+    if not energy.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {energy.dtype}")
+    if energy.dim() < min_dim:
+        raise ValueError(
+            f"{name} must have at least {min_dim} dimension(s), got shape {tuple(energy.shape)}"
+        )
+    return energy
+
+
+class CGNode(TorchDistribution):
+    """Base class of node families: a distribution parametrised by an ``energy`` tensor.
+
+    Subclasses define :attr:`feedforward`, ``mean``, ``sample``/``rsample`` and ``log_prob``.
+    """
+
+    arg_constraints = {"energy": constraints.real}
+
+    energy: torch.Tensor
+
+    @property
+    def feedforward(self) -> torch.Tensor:
+        """The statistic ``q = E[T(X)]`` (or its closed-form approximation) of the feed-forward pass."""
+        raise NotImplementedError
+
+    def _expand_energy(self, cls: type, batch_shape: torch.Size, _instance, event_shape=()):
+        new = self._get_checked_instance(cls, _instance)
+        new.energy = self.energy.expand(torch.Size(batch_shape) + torch.Size(event_shape))
+        return new
