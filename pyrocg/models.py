@@ -7,10 +7,10 @@ Each returns a :class:`~pyrocg.layers.Sequential` whose last layer is a linear r
 
 from __future__ import annotations
 
-import torch  # noqa: F401  (doctests)
-
 from collections import OrderedDict
 from collections.abc import Sequence
+
+import torch  # noqa: F401  (doctests)
 
 from .layers import (
     Activation,

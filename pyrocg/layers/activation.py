@@ -27,7 +27,9 @@ class Activation(CGLayer):
     ):
         super().__init__(node)
         if norm is not None and (not isinstance(num_features, int) or num_features < 1):
-            raise ValueError(f"norm={norm!r} needs num_features, a positive int, got {num_features!r}")
+            raise ValueError(
+                f"norm={norm!r} needs num_features, a positive int, got {num_features!r}"
+            )
         self.unit_dims = 3 if spatial else 1
         self.num_features = num_features
         self.norm = make_norm(norm, num_features, spatial) if norm else None

@@ -53,7 +53,7 @@ def check_input(x: object, layer: str, min_dim: int, features: tuple[int | None,
             f"got shape {tuple(x.shape)}"
         )
     trailing = tuple(x.shape[x.dim() - len(features) :])
-    if any(f is not None and f != t for f, t in zip(features, trailing)):
+    if any(f is not None and f != t for f, t in zip(features, trailing, strict=True)):
         want = tuple("*" if f is None else f for f in features)
         raise ValueError(
             f"{layer}: expected input of shape (..., {', '.join(map(str, want))}), "

@@ -17,7 +17,7 @@ __all__ = ["CGNode", "check_energy"]
 
 
 def check_energy(energy: object, name: str = "energy", min_dim: int = 0) -> torch.Tensor:
-    """Validate an energy tensor: a floating-point :class:`torch.Tensor` of ``min_dim`` dims or more."""
+    """Validate an energy: a floating-point :class:`torch.Tensor` of ``min_dim`` dims or more."""
     if not isinstance(energy, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(energy).__name__}")
     if not energy.is_floating_point():
@@ -41,7 +41,7 @@ class CGNode(TorchDistribution):
 
     @property
     def feedforward(self) -> torch.Tensor:
-        """The statistic ``q = E[T(X)]`` (or its closed-form approximation) of the feed-forward pass."""
+        """The feed-forward statistic ``q = E[T(X)]`` (or its closed-form approximation)."""
         raise NotImplementedError
 
     def _expand_energy(self, cls: type, batch_shape: torch.Size, _instance, event_shape=()):

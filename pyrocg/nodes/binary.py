@@ -152,7 +152,8 @@ class BinaryNode(CGNode):
         return F.binary_cross_entropy_with_logits(self.logits, self.probs, reduction="none")
 
     def enumerate_support(self, expand: bool = True) -> torch.Tensor:
-        values = torch.tensor([self.low, self.high], dtype=self.energy.dtype, device=self.energy.device)
+        e = self.energy
+        values = torch.tensor([self.low, self.high], dtype=e.dtype, device=e.device)
         values = values.reshape((2,) + (1,) * len(self.batch_shape))
         if expand:
             values = values.expand((2,) + self.batch_shape)

@@ -198,7 +198,7 @@ class SoftplusNode(RectifiedGaussianNode):
 
 
 class LeakyReLUNode(RectifiedGaussianNode):
-    """``X = max(Y, eps Y)`` with ``s = |tanh(e)|``; feed-forward statistic ``leaky_relu(e, eps)``."""
+    """``X = max(Y, eps Y)``, ``s = |tanh(e)|``; feed-forward statistic ``leaky_relu(e, eps)``."""
 
     def __init__(
         self,
