@@ -1,0 +1,21 @@
+"""Structured prediction: exact chain CRFs over semirings and unrolled mean-field CRFs.
+
+* :mod:`~pyrocg.structured.semirings`: :class:`LogSemiring`, :class:`MaxSemiring`.
+* :mod:`~pyrocg.structured.chain`: the one generic chain dynamic programme (sequential or
+  parallel scan), Viterbi and forward-filtering backward-sampling.
+* :class:`LinearChainCRF`: a Pyro distribution over tag sequences.
+* :class:`GridMeanFieldCRF`, :class:`MultiLabelMeanFieldCRF`: unrolled mean-field CRFs.
+"""
+
+from pyrocg.structured import chain, semirings
+from pyrocg.structured.crf import LinearChainCRF
+from pyrocg.structured.semirings import LogSemiring, MaxSemiring, Semiring
+
+__all__ = [
+    "LinearChainCRF",
+    "LogSemiring",
+    "MaxSemiring",
+    "Semiring",
+    "chain",
+    "semirings",
+]
