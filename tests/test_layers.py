@@ -6,18 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyrocg import handlers, layers, models
-
-
-def copy_weights(src: nn.Module, dst: nn.Module) -> None:
-    """Copy parameters and buffers in registration order, checking shapes agree."""
-    sp, dp = list(src.parameters()), list(dst.parameters())
-    assert len(sp) == len(dp)
-    sb, db = list(src.buffers()), list(dst.buffers())
-    assert len(sb) == len(db)
-    with torch.no_grad():
-        for a, b in zip(sp + sb, dp + db, strict=True):
-            assert a.shape == b.shape
-            b.copy_(a)
+from pyrocg.reference import PlainResNet20, copy_weights
 
 
 def check_same(ours: nn.Module, plain: nn.Module, x: torch.Tensor, atol=1e-5) -> None:
@@ -78,41 +67,6 @@ def test_cnn_feedforward_equals_plain(device):
         nn.Flatten(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10),
     ).to(device)
     check_same(ours, plain, torch.rand(4, 1, 8, 8, device=device))
-
-
-class PlainPreActBlock(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(cin)
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.shortcut = (
-            nn.Conv2d(cin, cout, 1, stride, bias=False) if stride != 1 or cin != cout else None
-        )
-
-    def forward(self, x):
-        a = F.relu(self.bn1(x))
-        r = self.conv2(F.relu(self.bn2(self.conv1(a))))
-        return (x if self.shortcut is None else self.shortcut(a)) + r
-
-
-class PlainResNet20(nn.Module):
-    def __init__(self, cin=3, classes=10):
-        super().__init__()
-        self.conv = nn.Conv2d(cin, 16, 3, padding=1, bias=False)
-        blocks, width = [], 16
-        for s, w in enumerate((16, 32, 64)):
-            for b in range(3):
-                blocks.append(PlainPreActBlock(width, w, 2 if s and not b else 1))
-                width = w
-        self.blocks = nn.Sequential(*blocks)
-        self.bn = nn.BatchNorm2d(64)
-        self.fc = nn.Linear(64, classes)
-
-    def forward(self, x):
-        h = F.relu(self.bn(self.blocks(self.conv(x))))
-        return self.fc(h.mean((-2, -1)))
 
 
 def test_resnet20_feedforward_equals_plain(device):

@@ -33,6 +33,10 @@ _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 _MIN_SCALE = 1e-6
 
 
+def _abs_tanh(energy: torch.Tensor) -> torch.Tensor:
+    return torch.tanh(energy).abs()
+
+
 def _normal_log_pdf(x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     z = (x - loc) / scale
     return -0.5 * z * z - torch.log(scale) - _LOG_SQRT_2PI
@@ -68,7 +72,11 @@ class RectifiedGaussianNode(CGNode):
         check_energy(energy)
         if not isinstance(negative_slope, Real) or not 0.0 <= negative_slope <= 1.0:
             raise ValueError(f"negative_slope must be a number in [0, 1], got {negative_slope!r}")
-        if isinstance(scale, torch.Tensor):
+        if callable(scale) and not isinstance(scale, torch.Tensor):
+            # A scale that is a function of the energy (ReLU: |tanh(e)|), computed only when
+            # sampling or scoring needs it, never in the feed-forward pass.
+            batch_shape = energy.shape
+        elif isinstance(scale, torch.Tensor):
             if not scale.is_floating_point():
                 raise TypeError(f"scale must be a floating-point tensor, got dtype {scale.dtype}")
             try:
@@ -95,7 +103,9 @@ class RectifiedGaussianNode(CGNode):
     @property
     def scale(self) -> torch.Tensor:
         s = self._scale
-        if not isinstance(s, torch.Tensor):
+        if callable(s) and not isinstance(s, torch.Tensor):
+            s = s(self.energy)
+        elif not isinstance(s, torch.Tensor):
             s = torch.full((), s, dtype=self.energy.dtype, device=self.energy.device)
         return s.clamp_min(_MIN_SCALE).expand(self.batch_shape)
 
@@ -129,7 +139,7 @@ class RectifiedGaussianNode(CGNode):
     def _copy_to(self, new: RectifiedGaussianNode, batch_shape: torch.Size) -> None:
         new.energy = self.energy.expand(batch_shape)
         s = self._scale
-        new._scale = s.expand(batch_shape) if isinstance(s, torch.Tensor) else s
+        new._scale = s.expand(batch_shape) if isinstance(s, torch.Tensor) else s  # or callable
         new.negative_slope = self.negative_slope
         CGNode.__init__(new, batch_shape, validate_args=False)
         new._validate_args = self._validate_args
@@ -176,7 +186,7 @@ class ReLUNode(RectifiedGaussianNode):
 
     def __init__(self, energy: torch.Tensor, validate_args: bool | None = None):
         check_energy(energy)
-        super().__init__(energy, torch.tanh(energy).abs(), 0.0, validate_args)
+        super().__init__(energy, _abs_tanh, 0.0, validate_args)
 
     @property
     def feedforward(self) -> torch.Tensor:
@@ -209,7 +219,7 @@ class LeakyReLUNode(RectifiedGaussianNode):
         check_energy(energy)
         if not isinstance(negative_slope, Real) or not 0.0 < negative_slope < 1.0:
             raise ValueError(f"negative_slope must be in (0, 1), got {negative_slope!r}")
-        super().__init__(energy, torch.tanh(energy).abs(), negative_slope, validate_args)
+        super().__init__(energy, _abs_tanh, negative_slope, validate_args)
 
     @property
     def feedforward(self) -> torch.Tensor:
