@@ -1,0 +1,231 @@
+"""The ``pyrocg`` command: ``demo``, ``train`` and ``evaluate`` (public API only)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import infer, models
+from .data import load_dataset
+
+__all__ = ["main", "build_model"]
+
+MODEL_NAMES = ("mlp", "cnn", "resnet20")
+MODE_NAMES = tuple(infer.MODES)
+
+
+def build_model(spec: dict, data) -> infer.CGModel:
+    """Build the :class:`~pyrocg.infer.CGModel` described by a CLI ``spec`` for ``data``."""
+    dropout = spec["p"] if spec["mode"] in ("dropout", "mc-dropout") else 0.0
+    shape = data.input_shape
+    if spec["model"] == "mlp":
+        net = models.mlp(data.input_dim, spec.get("hidden", [256, 256]), data.num_classes or 1,
+                         dropout=dropout)
+    elif spec["model"] == "cnn":
+        if len(shape) != 3:
+            raise ValueError(f"--model cnn needs image inputs (C, H, W), got input shape {shape}")
+        net = models.cnn(shape[0], data.num_classes, shape[-1], dropout=dropout)
+    else:
+        if len(shape) != 3:
+            raise ValueError(f"--model resnet20 needs image inputs (C, H, W), got {shape}")
+        net = models.resnet20(shape[0], data.num_classes)
+    n = len(data.train)
+    lik = (infer.Categorical(n) if data.task == "classification" else infer.Gaussian(n))
+    wd = spec.get("weight_decay", 0.0)
+    prior = infer.GaussianPrior.from_weight_decay(wd, n) if wd > 0 else None
+    if spec["mode"] == "bayes":
+        prior = infer.GaussianPrior(spec.get("prior_scale", 1.0), biases=True)
+    return infer.CGModel(net, lik, spec["mode"], rate=spec["rate"], prior=prior)
+
+
+def _reshape_for(spec: dict, data):
+    # An mlp takes flat inputs, convnets take images: load accordingly.
+    return {"flatten": spec["model"] == "mlp"} if spec["dataset"] in ("digits", "fashion-mnist") else {}
+
+
+def _load(spec: dict, device):
+    kwargs = dict(device=device, seed=spec["seed"], **_reshape_for(spec, None))
+    if spec["dataset"] == "fashion-mnist":
+        if spec.get("data_dir"):
+            kwargs["data_dir"] = spec["data_dir"]
+        if spec.get("limit"):
+            kwargs["limit"] = spec["limit"]
+    if spec["dataset"] == "table":
+        if not spec.get("table"):
+            raise ValueError("--dataset table needs --table PATH and --target COLUMN")
+        kwargs = dict(path=spec["table"], target=spec["target"], device=device, seed=spec["seed"])
+    return load_dataset(spec["dataset"], **kwargs)
+
+
+def _print_table(rows: list[dict], columns: list[str]) -> None:
+    def fmt(v):
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    widths = [max(len(c), *(len(fmt(r.get(c, ""))) for r in rows)) for c in columns]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(fmt(r.get(c, "")).ljust(w) for c, w in zip(columns, widths, strict=True)))
+
+
+def _write_json(path: str | None, payload: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(payload, indent=2))
+        print(f"wrote {path}")
+
+
+def _config(args) -> infer.TrainConfig:
+    return infer.TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+        milestones=tuple(args.milestones), seed=args.seed, eval_samples=args.samples,
+        progress=not args.quiet,
+    )
+
+
+def cmd_train(args) -> int:
+    spec = {k: getattr(args, k) for k in (
+        "dataset", "model", "mode", "rate", "p", "seed", "data_dir", "limit", "table", "target",
+        "weight_decay")}
+    device = torch.device(args.device)
+    data = _load(spec, device)
+    model = build_model(spec, data).to(device)
+    t0 = time.perf_counter()
+    history = infer.fit(model, data, _config(args), checkpoint=args.checkpoint, resume=args.resume)
+    seconds = time.perf_counter() - t0
+    if args.checkpoint:
+        state = infer.load_checkpoint(args.checkpoint)
+        state["spec"] = spec
+        infer.save_checkpoint(args.checkpoint, state)
+    result = infer.evaluate(model, data.test.x, data.test.y, args.samples)
+    result["seconds"] = seconds
+    print(f"{spec['mode']} {spec['model']} on {data.name}: test " +
+          ", ".join(f"{k}={v:.4f}" for k, v in result.items()))
+    _write_json(args.json, {"dataset": data.name, "spec": spec, "history": history,
+                            "test": result})
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    state = infer.load_checkpoint(args.checkpoint, map_location=args.device)
+    if "spec" not in state:
+        raise ValueError(f"{args.checkpoint} has no model spec: was it written by `pyrocg train`?")
+    spec = state["spec"]
+    device = torch.device(args.device)
+    data = _load(spec, device)
+    model = build_model(spec, data).to(device)
+    model.initialize(data.train.x[:2], data.train.y[:2])
+    model.load_state_dict(state["model"])
+    result = infer.evaluate(model, data.test.x, data.test.y, args.samples)
+    print(f"{spec['mode']} {spec['model']} on {data.name} (epoch {state['epoch']}): test " +
+          ", ".join(f"{k}={v:.4f}" for k, v in result.items()))
+    _write_json(args.json, {"dataset": data.name, "spec": spec, "test": result})
+    return 0
+
+
+DEMO_MODES = {
+    "feedforward": {"mode": "feedforward", "rate": 0.0, "p": 0.0},
+    "pcff": {"mode": "pcff", "rate": 0.3, "p": 0.0},
+    "dropout": {"mode": "dropout", "rate": 0.0, "p": 0.2},
+    "mc-dropout": {"mode": "mc-dropout", "rate": 0.0, "p": 0.2},
+    "bayes": {"mode": "bayes", "rate": 0.0, "p": 0.0},
+}
+
+
+def cmd_demo(args) -> int:
+    device = torch.device(args.device)
+    print(f"pyrocg demo: an mlp on scikit-learn digits in every mode ({device}, seed {args.seed})")
+    data = load_dataset("digits", device=device, seed=args.seed)
+    print(data)
+    rows, results, predictions = [], {}, {}
+    for name, extra in DEMO_MODES.items():
+        spec = {"dataset": "digits", "model": "mlp", "seed": args.seed, "weight_decay": 1e-4,
+                **extra}
+        model = build_model(spec, data).to(device)
+        lr = 1e-2 if name == "bayes" else 1e-3
+        config = infer.TrainConfig(epochs=args.epochs, batch_size=64, lr=lr, seed=args.seed,
+                                   eval_samples=args.samples, progress=not args.quiet)
+        t0 = time.perf_counter()
+        infer.fit(model, data, config)
+        seconds = time.perf_counter() - t0
+        res = infer.evaluate(model, data.test.x, data.test.y, args.samples)
+        res["seconds"] = seconds
+        results[name] = {k: res[k] for k in ("accuracy", "nll", "ece", "brier", "seconds")}
+        rows.append({"mode": name, **results[name]})
+        predictions[name] = infer.predict(model, data.test.x, data.test.y, args.samples).mean
+        print(f"  {name:12s} accuracy={res['accuracy']:.4f} nll={res['nll']:.4f} "
+              f"ece={res['ece']:.4f} ({seconds:.1f}s)")
+    print()
+    _print_table(rows, ["mode", "accuracy", "nll", "ece", "brier", "seconds"])
+    _write_json(args.json, {"dataset": "digits", "results": results})
+    if args.plots:
+        from .diagnostics import plot_reliability
+
+        path = plot_reliability(predictions, data.test.y, Path(args.plots) / "reliability.png")
+        print(f"wrote {path}")
+    return 0
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples", type=int, default=100,
+                   help="stochastic passes per prediction (stochastic modes)")
+    p.add_argument("--json", default=None, help="write results as JSON to this path")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="pyrocg", description="Neural networks as chain graphs.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="train an mlp on digits in every mode, compare")
+    _add_common(d)
+    d.add_argument("--epochs", type=int, default=30)
+    d.add_argument("--plots", default=None, help="write plots into this directory")
+    t = sub.add_parser("train", help="train one model in one mode")
+    _add_common(t)
+    t.add_argument("--dataset", choices=("digits", "fashion-mnist", "table"), default="digits")
+    t.add_argument("--model", choices=MODEL_NAMES, default="mlp")
+    t.add_argument("--mode", choices=MODE_NAMES, default="feedforward")
+    t.add_argument("--rate", type=float, default=0.3, help="PCFF sampling rate in [0, 1]")
+    t.add_argument("--p", type=float, default=0.2, help="dropout probability in [0, 1)")
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--milestones", type=int, nargs="*", default=[])
+    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX directory")
+    t.add_argument("--limit", type=int, default=None, help="use only N training images")
+    t.add_argument("--table", default=None, help="CSV/whitespace table (--dataset table)")
+    t.add_argument("--target", default=None, help="target column name or index")
+    t.add_argument("--checkpoint", default=None, help="checkpoint file (written every epoch)")
+    t.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    e = sub.add_parser("evaluate", help="evaluate a checkpoint written by `pyrocg train`")
+    _add_common(e)
+    e.add_argument("--checkpoint", required=True)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    if getattr(args, "mode", None) is not None and not 0.0 <= args.rate <= 1.0:
+        print(f"pyrocg: error: --rate must be in [0, 1], got {args.rate}", file=sys.stderr)
+        return 2
+    if getattr(args, "p", None) is not None and not 0.0 <= args.p < 1.0:
+        print(f"pyrocg: error: --p must be in [0, 1), got {args.p}", file=sys.stderr)
+        return 2
+    try:
+        return {"demo": cmd_demo, "train": cmd_train, "evaluate": cmd_evaluate}[args.command](args)
+    except (ValueError, TypeError, FileNotFoundError, infer.TrainingDiverged) as err:
+        print(f"pyrocg: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

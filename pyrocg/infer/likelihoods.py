@@ -1,0 +1,114 @@
+"""Likelihoods: the observed output site of a network, and pointwise log-likelihoods."""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+__all__ = ["Likelihood", "Categorical", "Gaussian"]
+
+
+class Likelihood(nn.Module):
+    """Turns network outputs into the distribution of the observed label site ``"y"``.
+
+    :param dataset_size: number of training data; the data plate rescales a mini-batch's
+        log-likelihood by ``dataset_size / batch``.
+    """
+
+    site = "y"
+
+    def __init__(self, dataset_size: int):
+        super().__init__()
+        if not isinstance(dataset_size, int) or dataset_size < 1:
+            raise ValueError(f"dataset_size must be a positive int, got {dataset_size!r}")
+        self.dataset_size = dataset_size
+
+    def dist(self, output: torch.Tensor) -> dist.TorchDistribution:
+        raise NotImplementedError
+
+    def check_target(self, output: torch.Tensor, y: torch.Tensor) -> None:
+        """Raise a clear error if targets ``y`` do not fit the network's ``output``."""
+
+    def plate(self, x: torch.Tensor) -> pyro.plate:
+        """The data plate (dim -1) of a mini-batch ``x`` drawn from the data set: it rescales
+        log-densities inside it by ``dataset_size / batch``."""
+        idx = torch.arange(x.shape[0], device=x.device)
+        return pyro.plate("data", self.dataset_size, subsample=idx, dim=-1)
+
+    def forward(self, output: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Emit the label site ``y``; call inside :meth:`plate`."""
+        if y is not None:
+            self.check_target(output, y)
+        return pyro.sample(self.site, self.dist(output), obs=y)
+
+    def log_likelihood(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Pointwise ``log p(y_i | output_i)``, shape ``output.shape[:-1]``."""
+        self.check_target(output, y)
+        return self.dist(output).log_prob(y)
+
+
+class Categorical(Likelihood):
+    """Categorical likelihood on logits ``(..., batch, classes)``; labels ``(batch,)`` int64."""
+
+    def dist(self, output):
+        # Targets are checked by check_target; NaN logits must surface as a NaN loss (which
+        # the training loop reports), not as a validation error deep inside torch.
+        return dist.Categorical(logits=output, validate_args=False)
+
+    def check_target(self, output, y):
+        if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32):
+            got = getattr(y, "dtype", type(y))
+            raise TypeError(f"labels y must be an int64 tensor, got {got}")
+        if y.shape != output.shape[-2:-1]:
+            raise ValueError(
+                f"labels y must have shape (batch,) = {tuple(output.shape[-2:-1])}, "
+                f"got {tuple(y.shape)}"
+            )
+        k = output.shape[-1]
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= k):
+            raise ValueError(
+                f"labels y must be in [0, {k}) for {k} classes, got range "
+                f"[{int(y.min())}, {int(y.max())}]"
+            )
+
+    def probs(self, output: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(output, -1)
+
+
+class Gaussian(Likelihood):
+    """Homoscedastic Gaussian likelihood ``y ~ N(output[..., 0], scale^2)`` for regression.
+
+    :param scale: observation noise std (learned when ``learn_scale``).
+    """
+
+    def __init__(self, dataset_size: int, scale: float = 1.0, learn_scale: bool = True):
+        super().__init__(dataset_size)
+        if not scale > 0:
+            raise ValueError(f"scale must be positive, got {scale}")
+        log_scale = torch.tensor(float(scale)).log()
+        if learn_scale:
+            self.log_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_scale", log_scale)
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return self.log_scale.exp()
+
+    def dist(self, output):
+        return dist.Normal(output[..., 0], self.scale, validate_args=False)
+
+    def check_target(self, output, y):
+        if not isinstance(y, torch.Tensor) or not y.is_floating_point():
+            got = getattr(y, "dtype", type(y))
+            raise TypeError(f"regression targets y must be a float tensor, got {got}")
+        if output.shape[-1] != 1:
+            raise ValueError(
+                f"Gaussian likelihood needs outputs (..., batch, 1), got {tuple(output.shape)}"
+            )
+        if y.shape != output.shape[-2:-1]:
+            raise ValueError(
+                f"targets y must have shape {tuple(output.shape[-2:-1])}, got {tuple(y.shape)}"
+            )
