@@ -121,12 +121,20 @@ class BinaryNode(CGNode):
         return new
 
     def _bits(self, sample_shape) -> torch.Tensor:
-        probs = self.probs.expand(self._extended_shape(sample_shape))
-        return torch.bernoulli(probs.detach())
+        shape = self._extended_shape(sample_shape)
+        e = self.energy
+        if e.dim() and not any(e.stride()):
+            # One energy broadcast over the layer (dropout masks): draw from a 0-dim
+            # probability instead of materialising a full probability tensor first.
+            p = torch.sigmoid((self.high - self.low) * e.reshape(-1)[0].detach())
+            return torch.empty(shape, dtype=e.dtype, device=e.device).bernoulli_(p)
+        return torch.bernoulli(self.probs.detach().expand(shape))
 
     def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
         with torch.no_grad():
-            return self.low + (self.high - self.low) * self._bits(sample_shape)
+            bits = self._bits(sample_shape)
+            bits = bits.mul_(self.high - self.low)
+            return bits.add_(self.low) if self.low else bits
 
     def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
         if self.estimator is None:
