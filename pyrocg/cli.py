@@ -93,11 +93,15 @@ def cmd_train(args) -> int:
         "dataset", "model", "mode", "rate", "p", "seed", "data_dir", "limit", "table", "target",
         "weight_decay")}
     device = torch.device(args.device)
+    if args.distributed:
+        device = infer.distributed.init_from_env(device)
     data = _load(spec, device)
     model = build_model(spec, data).to(device)
     t0 = time.perf_counter()
     history = infer.fit(model, data, _config(args), checkpoint=args.checkpoint, resume=args.resume)
     seconds = time.perf_counter() - t0
+    if not infer.distributed.is_main():
+        return 0  # rank 0 evaluates, reports and writes files
     if args.checkpoint:
         state = infer.load_checkpoint(args.checkpoint)
         state["spec"] = spec
@@ -206,6 +210,8 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--target", default=None, help="target column name or index")
     t.add_argument("--checkpoint", default=None, help="checkpoint file (written every epoch)")
     t.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the processes started by torchrun (gloo/NCCL)")
     e = sub.add_parser("evaluate", help="evaluate a checkpoint written by `pyrocg train`")
     _add_common(e)
     e.add_argument("--checkpoint", required=True)

@@ -2,6 +2,7 @@
 vectorised predictive. Network, prior, likelihood and guide are separate objects that
 :class:`CGModel` combines (the TyXe way)."""
 
+from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .guides import DropoutWeightGuide, MeanFieldNormalGuide
 from .likelihoods import Categorical, Gaussian, Likelihood
@@ -12,6 +13,7 @@ from .priors import GaussianPrior
 from .trainer import TrainConfig, TrainingDiverged, evaluate, fit
 
 __all__ = [
+    "distributed",
     "CGModel",
     "Likelihood",
     "Categorical",

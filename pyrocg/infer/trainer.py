@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from .. import metrics
 from ..data import DataSplits, batches
+from . import distributed as ddp
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .model import CGModel
 from .predictive import predict
@@ -128,13 +129,29 @@ def fit(
         shuffle.set_state(state["shuffle"])
         set_rng_state(state["rng"])
         history, start = state["history"], state["epoch"]
-    loader = batches(x, y, config.batch_size, shuffle=True, generator=shuffle)
+    world, rank = ddp.world_size(), ddp.rank()
+    if world > 1:
+        # Same initial weights everywhere; every process draws the same global order and
+        # takes its own equal shard of each global batch (incomplete ones are dropped).
+        ddp.broadcast_module(model)
+        if len(x) < config.batch_size * world:
+            raise ValueError(f"{len(x)} training rows cannot fill one global batch of "
+                             f"{world} x {config.batch_size}")
+        if not resume:  # independent PCFF/dropout draws per process
+            pyro.set_rng_seed(config.seed + 1000 * rank)
+    loader = batches(x, y, config.batch_size * world, shuffle=True, generator=shuffle,
+                     drop_last=world > 1)
+    params = [p for p in model.parameters() if p.requires_grad]
+    main = rank == 0
     model.train()
     for epoch in range(start, config.epochs):
         t0, total, seen = time.perf_counter(), 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
-                   disable=not config.progress, unit="batch")
+                   disable=not (config.progress and main), unit="batch")
         for step, (xb, yb) in enumerate(bar):
+            if world > 1:
+                xb = xb[rank * config.batch_size : (rank + 1) * config.batch_size]
+                yb = yb[rank * config.batch_size : (rank + 1) * config.batch_size]
             with warnings.catch_warnings():
                 # Pyro warns about NaN log-densities; we stop with a clearer error below.
                 warnings.filterwarnings("ignore", message="Encountered NaN")
@@ -148,23 +165,27 @@ def fit(
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if world > 1:
+                ddp.average_gradients(params)
             opt.step()
+            if world > 1:
+                ddp.broadcast_module(model, buffers_only=True)
             total += loss.item() * len(yb)
             seen += len(yb)
             bar.set_postfix(loss=f"{total / seen:.4f}")
         sched.step()
         record = {"epoch": epoch + 1, "loss": total / seen, "lr": opt.param_groups[0]["lr"],
                   "seconds": time.perf_counter() - t0}
-        if len(data.val):
+        if len(data.val) and main:
             model.eval()
             record.update({f"val_{k}": v for k, v in evaluate(
                 model, data.val.x, data.val.y, config.eval_samples).items()})
             model.train()
         history.append(record)
-        if config.progress:
+        if config.progress and main:
             shown = ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch")
             tqdm.write(f"epoch {epoch + 1}/{config.epochs}: {shown}")
-        if checkpoint is not None:
+        if checkpoint is not None and main:
             start = epoch + 1
             save_checkpoint(checkpoint, {
                 "model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -172,6 +193,8 @@ def fit(
                 "rng": rng_state(), "history": history, "epoch": epoch + 1,
                 "config": asdict(config), "mode": model.mode.name, "rate": model.rate,
             })
+        if world > 1:
+            torch.distributed.barrier()
     model.eval()
     return history
 
