@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -43,6 +45,20 @@ class Likelihood(nn.Module):
             self.check_target(output, y)
         return pyro.sample(self.site, self.dist(output), obs=y)
 
+    def output(self, run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """The network's output for inputs ``x`` (``run`` applies the network)."""
+        return run(x)
+
+    def model(
+        self, run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Run the network and observe ``y``, with the plates this likelihood needs: here all
+        node sites and the label site share one data plate."""
+        with self.plate(x):
+            out = self.output(run, x)
+            self(out, y)
+        return out
+
     def log_likelihood(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Pointwise ``log p(y_i | output_i)``, shape ``output.shape[:-1]``."""
         self.check_target(output, y)
@@ -74,6 +90,7 @@ class Categorical(Likelihood):
             )
 
     def probs(self, output: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``(..., batch, classes)``."""
         return torch.softmax(output, -1)
 
 

@@ -81,11 +81,11 @@ class CGModel(nn.Module):
             weights = self.prior.sample(self.net)  # global sites, outside the data plate
         elif self.prior is not None:
             pyro.factor("weight_prior", self.prior.log_prob(self.net))
-        with self.likelihood.plate(x):
+        def run(inputs):
             with self.mode.train(self.rate):
-                out = self._run(x, weights)
-            self.likelihood(out, y)
-        return out
+                return self._run(inputs, weights)
+
+        return self.likelihood.model(run, x, y)
 
     def _guide(self, x, y=None):
         if self.guide is not None:
@@ -113,4 +113,4 @@ class CGModel(nn.Module):
     ) -> torch.Tensor:
         """One prediction pass (any leading sample dims of ``x`` are vectorised passes)."""
         with self.mode.predict(self.rate):
-            return self._run(x, weights)
+            return self.likelihood.output(lambda inputs: self._run(inputs, weights), x)

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import pyro.poutine as poutine
 import torch
 
-from .likelihoods import Categorical
 from .model import CGModel
 
 __all__ = ["Prediction", "predict"]
@@ -28,9 +27,10 @@ class Prediction:
     """Result of :func:`predict`.
 
     :ivar outputs: network outputs per pass, ``(T, batch, out)`` (logits or means).
-    :ivar probs: per-pass class probabilities ``(T, batch, classes)`` (classification).
+    :ivar probs: per-pass class probabilities ``(T, batch, classes)`` (classification; for
+        a CRF likelihood the per-position marginals ``(T, batch, length, tags)``).
     :ivar mean: predictive mean: class probabilities ``(batch, classes)`` averaged over
-        passes, or the regression mean ``(batch,)``.
+        passes (CRF: averaged marginals), or the regression mean ``(batch,)``.
     :ivar variance: predictive variance ``(batch,)`` (regression: noise + spread of means).
     :ivar log_lik: per-pass pointwise ``log p(y_i | x_i, pass t)``, ``(T, batch)``.
     :ivar pointwise_log_lik: ``log (1/T) sum_t p(y_i | x_i, pass t)``, ``(batch,)``.
@@ -100,10 +100,9 @@ def predict(
     finally:
         model.train(was_training)
     lik = model.likelihood
-    if isinstance(lik, Categorical):
-        logp = torch.log_softmax(outputs, -1)
-        mean = torch.logsumexp(logp, 0).sub(math.log(num_samples)).exp()
-        pred = Prediction(outputs=outputs, mean=mean, probs=logp.exp())
+    if hasattr(lik, "probs"):  # discrete labels: class probabilities or CRF marginals
+        probs = lik.probs(outputs)
+        pred = Prediction(outputs=outputs, mean=probs.mean(0), probs=probs)
     else:
         means = outputs[..., 0]
         var = lik.scale.detach() ** 2 + means.var(0, unbiased=False)
