@@ -7,15 +7,26 @@
 * :class:`GridMeanFieldCRF`, :class:`MultiLabelMeanFieldCRF`: unrolled mean-field CRFs.
 """
 
-from pyrocg.structured import chain, semirings
+from pyrocg.structured import chain, meanfield, semirings
 from pyrocg.structured.crf import LinearChainCRF
+from pyrocg.structured.meanfield import (
+    GridMeanFieldCRF,
+    MultiLabelMeanFieldCRF,
+    grid_mean_field,
+    multilabel_mean_field,
+)
 from pyrocg.structured.semirings import LogSemiring, MaxSemiring, Semiring
 
 __all__ = [
+    "GridMeanFieldCRF",
+    "MultiLabelMeanFieldCRF",
     "LinearChainCRF",
     "LogSemiring",
     "MaxSemiring",
     "Semiring",
     "chain",
+    "grid_mean_field",
+    "meanfield",
+    "multilabel_mean_field",
     "semirings",
 ]

@@ -135,9 +135,7 @@ def log_partition(
     Cost: O(N C²) work sequentially, O(N C³) work and O(log N) depth for the scan.
     """
     if edges.dim() != 4 or edges.shape[-1] != edges.shape[-2]:
-        raise ValueError(
-            f"edges must have shape (batch, N-1, C, C), got {tuple(edges.shape)}"
-        )
+        raise ValueError(f"edges must have shape (batch, N-1, C, C), got {tuple(edges.shape)}")
     init = _init_or_one(init, edges)
     masked = mask_edges(edges, lengths, semiring)
     if method == "auto":

@@ -92,8 +92,7 @@ class LinearChainCRF(TorchDistribution):
         _check_float("transitions", transitions)
         if transitions.dtype != unary.dtype:
             raise TypeError(
-                f"transitions must have the dtype of unary ({unary.dtype}), "
-                f"got {transitions.dtype}"
+                f"transitions must have the dtype of unary ({unary.dtype}), got {transitions.dtype}"
             )
         shared = (num_tags, num_tags)
         per_position = (*batch_shape, length - 1, num_tags, num_tags)
@@ -113,13 +112,9 @@ class LinearChainCRF(TorchDistribution):
                 continue
             _check_float(name, value)
             if tuple(value.shape) != (num_tags,):
-                raise ValueError(
-                    f"{name} must have shape ({num_tags},) (tags,), got {tuple(value.shape)}"
-                )
+                raise ValueError(f"{name} must have shape ({num_tags},) (tags,), got {tuple(value.shape)}")
             if value.dtype != unary.dtype:
-                raise TypeError(
-                    f"{name} must have the dtype of unary ({unary.dtype}), got {value.dtype}"
-                )
+                raise TypeError(f"{name} must have the dtype of unary ({unary.dtype}), got {value.dtype}")
         if lengths is not None:
             if not isinstance(lengths, torch.Tensor):
                 raise TypeError(f"lengths must be a torch.Tensor, got {type(lengths).__name__}")
@@ -127,8 +122,7 @@ class LinearChainCRF(TorchDistribution):
                 raise TypeError(f"lengths must be an integer tensor, got dtype {lengths.dtype}")
             if tuple(lengths.shape) != tuple(batch_shape):
                 raise ValueError(
-                    f"lengths must have shape {tuple(batch_shape)} (batch,), "
-                    f"got {tuple(lengths.shape)}"
+                    f"lengths must have shape {tuple(batch_shape)} (batch,), got {tuple(lengths.shape)}"
                 )
             bad = (lengths < 1) | (lengths > length)
             if bad.any():
@@ -233,8 +227,9 @@ class LinearChainCRF(TorchDistribution):
         """
         sample_shape = torch.Size(sample_shape)
         init, edges = self._potentials
-        paths = chain.sample(edges.detach(), self._flat_lengths(), init.detach(),
-                             max(1, math.prod(sample_shape)))
+        paths = chain.sample(
+            edges.detach(), self._flat_lengths(), init.detach(), max(1, math.prod(sample_shape))
+        )
         paths = self._zero_padding(paths)
         return paths.reshape(sample_shape + self.batch_shape + self.event_shape)
 
@@ -281,8 +276,7 @@ class LinearChainCRF(TorchDistribution):
                 bad = valid & ~in_range
                 if bad.any():
                     raise ValueError(
-                        f"tags must lie in [0, {num_tags}) at valid positions, "
-                        f"got {tags[bad][:5].tolist()}"
+                        f"tags must lie in [0, {num_tags}) at valid positions, got {tags[bad][:5].tolist()}"
                     )
             tags = tags.masked_fill(~valid, 0)
         elif self._validate_args and ((tags < 0) | (tags >= num_tags)).any():

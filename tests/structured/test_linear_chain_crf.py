@@ -22,8 +22,10 @@ def _problem(batch, length, tags, per_position, start_end, ragged, dtype=torch.f
         lengths[0] = length
     kw = {}
     if start_end:
-        kw = {"start": torch.randn(tags, dtype=dtype, generator=g),
-              "end": torch.randn(tags, dtype=dtype, generator=g)}
+        kw = {
+            "start": torch.randn(tags, dtype=dtype, generator=g),
+            "end": torch.randn(tags, dtype=dtype, generator=g),
+        }
     return unary, transitions, lengths, kw
 
 
@@ -138,7 +140,7 @@ def test_padding_never_leaks():
     garbage_trans = transitions.clone()
     for b, n in enumerate(lengths.tolist()):
         garbage_unary[b, n:] = torch.randn(6 - n, 3, dtype=unary.dtype) * 1e4
-        garbage_trans[b, max(n - 1, 0):] = float("-inf")
+        garbage_trans[b, max(n - 1, 0) :] = float("-inf")
     other = LinearChainCRF(garbage_unary, garbage_trans, lengths, **kw)
     assert torch.equal(crf.log_partition, other.log_partition)
     assert torch.equal(crf.marginals, other.marginals)
