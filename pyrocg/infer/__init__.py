@@ -5,7 +5,7 @@ vectorised predictive. Network, prior, likelihood and guide are separate objects
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .guides import DropoutWeightGuide, MeanFieldNormalGuide
-from .likelihoods import Categorical, Gaussian, Likelihood
+from .likelihoods import Categorical, ChainCRFLikelihood, Gaussian, Likelihood
 from .model import CGModel
 from .modes import MODES, Mode, get_mode
 from .predictive import Prediction, predict
@@ -18,6 +18,7 @@ __all__ = [
     "Likelihood",
     "Categorical",
     "Gaussian",
+    "ChainCRFLikelihood",
     "GaussianPrior",
     "DropoutWeightGuide",
     "MeanFieldNormalGuide",

@@ -9,7 +9,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-__all__ = ["Likelihood", "Categorical", "Gaussian"]
+__all__ = ["Likelihood", "Categorical", "Gaussian", "ChainCRFLikelihood"]
 
 
 class Likelihood(nn.Module):
@@ -129,3 +129,86 @@ class Gaussian(Likelihood):
             raise ValueError(
                 f"targets y must have shape {tuple(output.shape[-2:-1])}, got {tuple(y.shape)}"
             )
+
+
+class ChainCRFLikelihood(Likelihood):
+    """Tag sequences ``y ~ LinearChainCRF(unary, transitions)`` for sequence labelling.
+
+    :param crf: a :class:`~pyrocg.layers.ChainCRF` output layer (learned transitions).
+    :param dataset_size: number of training sequences.
+    :param token_dims: number of trailing input dims of one token (3 for a ``(C, H, W)``
+        image per position): the network maps one token to its unary energies, positions
+        are folded into the batch and the network's node sites live in a ``tokens`` plate.
+        ``None``: the network maps ``(batch, length, ...)`` to ``(batch, length, tags)``.
+
+    Targets ``y`` are ``(batch, length)`` int64 tags; ragged sequences are padded at the end
+    with ``-1``, which also gives the lengths.
+    """
+
+    def __init__(self, crf, dataset_size: int, token_dims: int | None = 1):
+        super().__init__(dataset_size)
+        if token_dims is not None and (not isinstance(token_dims, int) or token_dims < 1):
+            raise ValueError(f"token_dims must be a positive int or None, got {token_dims!r}")
+        self.crf, self.token_dims = crf, token_dims
+
+    def _per_token(self, run, x):
+        lead = x.shape[: x.dim() - self.token_dims]
+        u = run(x.reshape((-1,) + x.shape[len(lead):]))
+        return u.reshape(lead + u.shape[-1:])
+
+    def output(self, run, x):
+        return run(x) if self.token_dims is None else self._per_token(run, x)
+
+    def model(self, run, x, y):
+        if self.token_dims is not None:
+            n_tokens = x.shape[: x.dim() - self.token_dims].numel()
+            with pyro.plate("tokens", n_tokens, dim=-1):
+                out = self._per_token(run, x)
+        else:
+            with self.plate(x):
+                out = run(x)
+        with self.plate(x):
+            self(out, y)
+        return out
+
+    @staticmethod
+    def lengths(y: torch.Tensor) -> torch.Tensor:
+        return (y >= 0).sum(-1)
+
+    def dist(self, output, lengths=None):
+        return self.crf(output, lengths)
+
+    def forward(self, output, y=None):
+        if y is None:
+            return pyro.sample(self.site, self.dist(output))
+        self.check_target(output, y)
+        return pyro.sample(self.site, self.dist(output, self.lengths(y)), obs=y.clamp_min(0))
+
+    def check_target(self, output, y):
+        if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"tags y must be an int64 tensor, got {getattr(y, 'dtype', type(y))}")
+        if y.shape != output.shape[-3:-1]:
+            raise ValueError(f"tags y must have shape (batch, length) = "
+                             f"{tuple(output.shape[-3:-1])}, got {tuple(y.shape)}")
+        c = output.shape[-1]
+        if y.numel() and (int(y.min()) < -1 or int(y.max()) >= c):
+            raise ValueError(f"tags y must be in [0, {c}) (or -1 for padding), got range "
+                             f"[{int(y.min())}, {int(y.max())}]")
+        pad = y < 0
+        if bool((pad[..., :-1] & ~pad[..., 1:]).any()):
+            raise ValueError("padding (-1) must only appear at the end of a sequence")
+        if bool(pad[..., 0].any()):
+            raise ValueError("every sequence needs at least one tag (y[:, 0] >= 0)")
+
+    def log_likelihood(self, output, y):
+        self.check_target(output, y)
+        return self.dist(output, self.lengths(y).expand(output.shape[:-2])).log_prob(
+            y.clamp_min(0).expand(output.shape[:-1]))
+
+    def probs(self, output):
+        """Per-position marginals ``(..., batch, length, tags)``."""
+        return self.dist(output).marginals
+
+    def decode(self, output: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Most probable tag sequences (Viterbi), ``(batch, length)``."""
+        return self.dist(output, lengths).argmax

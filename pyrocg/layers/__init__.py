@@ -3,6 +3,7 @@
 from .activation import Activation
 from .base import DROPOUT_ROLE, NODE_ROLE, ROLE_KEY, CGLayer
 from .conv import Conv1d, Conv2d
+from .crf import ChainCRF
 from .dense import Dense
 from .dropout import Dropout
 from .indrnn import IndRNN
@@ -24,6 +25,7 @@ __all__ = [
     "RefineBlock",
     "IndRNN",
     "Sequential",
+    "ChainCRF",
     "ROLE_KEY",
     "NODE_ROLE",
     "DROPOUT_ROLE",
