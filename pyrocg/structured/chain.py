@@ -31,6 +31,7 @@ tensor([8.])
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from pyrocg.structured.semirings import LogSemiring, MaxSemiring, Semiring
 
@@ -115,6 +116,82 @@ def _scan(edges: torch.Tensor, init: torch.Tensor, semiring: type[Semiring]) -> 
     return semiring.sum(total, dim=-1)
 
 
+# Largest spread (max − min) of one edge matrix, or of ``init``, for which the fused forward
+# pass runs in probability space: every message entry then stays >= exp(-spread) relative to
+# its maximum, so nothing that matters underflows (float32 normals reach exp(-87)).
+_EXP_SPREAD = {torch.float64: 600.0, torch.float32: 60.0}
+
+
+def _spread_ok(init: torch.Tensor, edges: torch.Tensor, valid: torch.Tensor) -> bool:
+    limit = _EXP_SPREAD.get(edges.dtype)
+    if limit is None:
+        return False
+    spread = (edges.amax((-2, -1)) - edges.amin((-2, -1))).masked_fill(~valid, 0)
+    init_spread = init.amax(-1) - init.amin(-1)
+    # written so that nan or inf fail the test (and take the log-space path)
+    return bool(((spread <= limit).all() & (init_spread <= limit).all()).item())
+
+
+class _ForwardBackward(torch.autograd.Function):
+    """Log partition with a hand-written forward-backward pass in probability space.
+
+    Valid only when :func:`_spread_ok`. Messages are propagated with per-step normalisation,
+    each step a batched vector-matrix product (no ``logsumexp``, no ``exp`` in the loop); the
+    edge marginals (the gradient) are then one vectorised, locally normalised product
+    ``p_n[i] K_n[i, j] q_{n+1}[j]``, accurate however large log Z is.
+    Not twice differentiable: :func:`marginals` uses the autograd loop when a graph is needed.
+    """
+
+    @staticmethod
+    def forward(ctx, init: torch.Tensor, edges: torch.Tensor, lengths: torch.Tensor):
+        batch, steps, c, _ = edges.shape
+        last = (lengths - 1)[:, None]
+        emax = edges.amax((-2, -1))
+        kernel = (edges - emax[..., None, None]).exp()
+        imax = init.amax(-1, keepdim=True)
+        p = (init - imax).exp()
+        probs, norms = [p], []
+        for k in kernel.unbind(1):
+            p = torch.bmm(p.unsqueeze(1), k).squeeze(1)
+            norm = p.sum(-1, keepdim=True)
+            p = p / norm
+            probs.append(p)
+            norms.append(norm)
+        probs = torch.stack(probs, 1)
+        log_scale = imax
+        if steps:
+            log_step = torch.cat(norms, -1).log() + emax
+            log_scale = torch.cat([imax, imax + log_step.cumsum(-1)], -1)
+        p_last = probs.gather(1, last[..., None].expand(batch, 1, c)).squeeze(1)
+        ctx.save_for_backward(probs, kernel, lengths)
+        return log_scale.gather(1, last).squeeze(1) + p_last.sum(-1).log()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        probs, kernel, lengths = ctx.saved_tensors
+        batch, steps, c, _ = kernel.shape
+        valid = torch.arange(steps, device=kernel.device) < (lengths[:, None] - 1)
+        one = torch.ones(batch, c, dtype=kernel.dtype, device=kernel.device)
+        beta = one
+        betas = [beta]
+        for n in range(steps - 1, -1, -1):
+            new = torch.bmm(kernel[:, n], beta.unsqueeze(-1)).squeeze(-1)
+            new = new / new.amax(-1, keepdim=True)
+            # past a chain's end the backward message stays the semiring one
+            beta = torch.where(valid[:, n, None], new, one)
+            betas.append(beta)
+        betas.reverse()
+        betas = torch.stack(betas, 1)
+        joint = probs[:, :-1, :, None] * kernel * betas[:, 1:, None, :]
+        edge_m = joint / joint.sum((-2, -1), keepdim=True)
+        zero = torch.zeros((), dtype=edge_m.dtype, device=edge_m.device)
+        edge_m = torch.where(valid[..., None, None], edge_m, zero)
+        node0 = probs[:, 0] * betas[:, 0]
+        init_m = node0 / node0.sum(-1, keepdim=True)
+        return grad[:, None] * init_m, grad[:, None, None, None] * edge_m, None
+
+
 def log_partition(
     edges: torch.Tensor,
     lengths: torch.Tensor | None = None,
@@ -129,7 +206,12 @@ def log_partition(
     :param lengths: ``(batch,)`` integer number of nodes in ``[1, N]``; ``None`` = all ``N``.
     :param init: ``(batch, C)`` log potentials of node 0; ``None`` = zeros.
     :param semiring: :class:`LogSemiring` (log Z) or :class:`MaxSemiring` (Viterbi score).
-    :param method: ``"sequential"``, ``"scan"`` or ``"auto"`` (:func:`choose_method`).
+    :param method: ``"sequential"`` (autograd through the forward loop), ``"fused"`` (log
+        semiring only: hand-written forward-backward in probability space, fastest, but not
+        twice differentiable; falls back to ``"sequential"`` when one edge matrix spreads over
+        more than 60 (float32) or 600 (float64) nats),
+        ``"scan"``, or ``"auto"``: :func:`choose_method`, with ``"fused"`` for the log semiring
+        instead of ``"sequential"``.
     :returns: ``(batch,)``.
 
     Cost: O(N C²) work sequentially, O(N C³) work and O(log N) depth for the scan.
@@ -137,14 +219,25 @@ def log_partition(
     if edges.dim() != 4 or edges.shape[-1] != edges.shape[-2]:
         raise ValueError(f"edges must have shape (batch, N-1, C, C), got {tuple(edges.shape)}")
     init = _init_or_one(init, edges)
-    masked = mask_edges(edges, lengths, semiring)
     if method == "auto":
         method = choose_method(edges.shape[0], edges.shape[1], edges.shape[-1], edges.device)
+        if method == "sequential" and semiring is LogSemiring:
+            method = "fused"
+    if method == "fused":
+        if semiring is not LogSemiring:
+            raise ValueError("method='fused' supports only the LogSemiring")
+        full = torch.full((edges.shape[0],), edges.shape[1] + 1, device=edges.device)
+        lengths_ = full if lengths is None else lengths.to(edges.device)
+        valid = torch.arange(edges.shape[1], device=edges.device) < (lengths_[:, None] - 1)
+        if _spread_ok(init, edges, valid):
+            return _ForwardBackward.apply(init, edges, lengths_)
+        method = "sequential"  # extreme potentials: log space, exact local softmax gradients
+    masked = mask_edges(edges, lengths, semiring)
     if method == "sequential":
         return _sequential(masked, init, semiring)
     if method == "scan":
         return _scan(masked, init, semiring)
-    raise ValueError(f"method must be 'auto', 'sequential' or 'scan', got {method!r}")
+    raise ValueError(f"method must be 'auto', 'fused', 'sequential' or 'scan', got {method!r}")
 
 
 def forward_messages(
@@ -180,6 +273,9 @@ def marginals(
     with torch.enable_grad():
         e = edges if edges.requires_grad else edges.detach().requires_grad_()
         i = init if init.requires_grad else init.detach().requires_grad_()
+        if create_graph and method in ("auto", "fused"):
+            # the fused pass is once differentiable; marginals must stay differentiable
+            method = choose_method(e.shape[0], e.shape[1], e.shape[-1], e.device)
         log_z = log_partition(e, lengths, i, LogSemiring, method)
         init_m, edge_m = torch.autograd.grad(
             log_z.sum(), (i, e), create_graph=create_graph, materialize_grads=True

@@ -127,6 +127,8 @@ def test_scan_equals_sequential(batch, steps, tags, ragged, seed):
         seq = chain.log_partition(edges, lengths, init, semiring, "sequential")
         scan = chain.log_partition(edges, lengths, init, semiring, "scan")
         assert torch.allclose(seq, scan)
+    fused = chain.log_partition(edges, lengths, init, LogSemiring, "fused")
+    assert torch.allclose(fused, chain.log_partition(edges, lengths, init, method="sequential"))
     score, path = chain.viterbi(edges, lengths, init)
     assert torch.allclose(score, chain.log_partition(edges, lengths, init, MaxSemiring))
 
@@ -195,7 +197,7 @@ def test_stability_extreme_potentials_long_chain():
     ref = LinearChainCRF(unary64, trans64, lengths)
     init, edges = ref._potentials
     want = chain.log_partition(edges, lengths, init, method="sequential")
-    for method in ("sequential", "scan"):
+    for method in ("sequential", "scan", "fused"):
         got64 = chain.log_partition(edges, lengths, init, method=method)
         assert torch.allclose(got64, want, rtol=1e-12)
         got32 = chain.log_partition(edges.float(), lengths, init.float(), method=method)
@@ -285,3 +287,25 @@ def test_on_device(device):
     for method in ("sequential", "scan"):
         got = chain.log_partition(edges, lengths, init, method=method)
         assert torch.allclose(got.cpu(), cpu.log_partition, atol=1e-4)
+
+
+@pytest.mark.parametrize("scale", [1.0, 100.0, 1e4])  # probability-space and log-space paths
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_gradient_matches_autograd(scale, dtype):
+    g = torch.Generator().manual_seed(5)
+    edges = torch.randn(4, 30, 5, 5, dtype=dtype, generator=g) * scale
+    init = torch.randn(4, 5, dtype=dtype, generator=g) * scale
+    lengths = torch.tensor([31, 10, 1, 2])
+    edges[1, 9:] = float("-inf")  # garbage past the end must not leak
+    edges[2] = float("nan")
+    grads = {}
+    for method in ("sequential", "fused"):
+        e = edges.clone().requires_grad_()
+        i = init.clone().requires_grad_()
+        log_z = chain.log_partition(e, lengths, i, method=method)
+        (log_z * torch.arange(1.0, 5.0, dtype=dtype)).sum().backward()
+        grads[method] = (log_z, i.grad, e.grad)
+    tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {}
+    for want, got in zip(grads["sequential"], grads["fused"], strict=True):
+        assert torch.isfinite(got).all()
+        assert torch.allclose(got, want, **tol)
