@@ -52,6 +52,7 @@ __all__ = [
 # states. On a GPU every kernel launch costs about as much as a small step, so the O(log N)
 # depth of the scan wins as soon as the chain is moderately long.
 _CPU_SCAN_MIN_STEPS = 512
+_CPU_SCAN_MAX_STATES = 8
 _CPU_SCAN_MAX_WORK = 2**24  # batch * steps * C**3 elements materialised by the first level
 _GPU_SCAN_MIN_STEPS = 32
 _GPU_SCAN_MAX_WORK = 2**28
@@ -61,7 +62,9 @@ def choose_method(batch: int, steps: int, num_states: int, device: torch.device)
     """Return ``"scan"`` or ``"sequential"`` for a chain with ``steps = N - 1`` edges."""
     work = batch * steps * num_states**3
     if device.type == "cpu":
-        use_scan = steps >= _CPU_SCAN_MIN_STEPS and work <= _CPU_SCAN_MAX_WORK
+        use_scan = (
+            steps >= _CPU_SCAN_MIN_STEPS and num_states <= _CPU_SCAN_MAX_STATES and work <= _CPU_SCAN_MAX_WORK
+        )
     else:
         use_scan = steps >= _GPU_SCAN_MIN_STEPS and work <= _GPU_SCAN_MAX_WORK
     return "scan" if use_scan else "sequential"
@@ -143,11 +146,12 @@ class _ForwardBackward(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, init: torch.Tensor, edges: torch.Tensor, lengths: torch.Tensor):
-        batch, steps, c, _ = edges.shape
-        last = (lengths - 1)[:, None]
-        emax = edges.amax((-2, -1))
-        kernel = (edges - emax[..., None, None]).exp()
+    def forward(ctx, init: torch.Tensor, edges: torch.Tensor, valid: torch.Tensor):
+        c = edges.shape[-1]
+        # padded steps become the identity (kernel I, scale 0), so no per-step masking
+        emax = edges.amax((-2, -1)).masked_fill(~valid, 0)
+        eye = torch.eye(c, dtype=edges.dtype, device=edges.device)
+        kernel = torch.where(valid[..., None, None], (edges - emax[..., None, None]).exp(), eye)
         imax = init.amax(-1, keepdim=True)
         p = (init - imax).exp()
         probs, norms = [p], []
@@ -158,38 +162,30 @@ class _ForwardBackward(torch.autograd.Function):
             probs.append(p)
             norms.append(norm)
         probs = torch.stack(probs, 1)
-        log_scale = imax
-        if steps:
-            log_step = torch.cat(norms, -1).log() + emax
-            log_scale = torch.cat([imax, imax + log_step.cumsum(-1)], -1)
-        p_last = probs.gather(1, last[..., None].expand(batch, 1, c)).squeeze(1)
-        ctx.save_for_backward(probs, kernel, lengths)
-        return log_scale.gather(1, last).squeeze(1) + p_last.sum(-1).log()
+        norms = torch.cat(norms, -1) if norms else emax
+        ctx.save_for_backward(probs, kernel, norms, valid)
+        log_z = imax.squeeze(-1) + (norms.log() + emax).sum(-1) + p.sum(-1).log()
+        return log_z
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        probs, kernel, lengths = ctx.saved_tensors
-        batch, steps, c, _ = kernel.shape
-        valid = torch.arange(steps, device=kernel.device) < (lengths[:, None] - 1)
-        one = torch.ones(batch, c, dtype=kernel.dtype, device=kernel.device)
-        beta = one
+        probs, kernel, norms, valid = ctx.saved_tensors
+        # Rabiner scaling: dividing by the forward normalisers keeps sum_i p_n[i] q_n[i] = 1,
+        # so the backward messages stay in range without a data-dependent rescale.
+        inv_norms = norms.reciprocal().unsqueeze(-1).unbind(1)
+        beta = torch.ones_like(probs[:, 0])
         betas = [beta]
-        for n in range(steps - 1, -1, -1):
-            new = torch.bmm(kernel[:, n], beta.unsqueeze(-1)).squeeze(-1)
-            new = new / new.amax(-1, keepdim=True)
-            # past a chain's end the backward message stays the semiring one
-            beta = torch.where(valid[:, n, None], new, one)
+        for n in range(kernel.shape[1] - 1, -1, -1):
+            beta = torch.bmm(kernel[:, n], beta.unsqueeze(-1)).squeeze(-1) * inv_norms[n]
             betas.append(beta)
         betas.reverse()
         betas = torch.stack(betas, 1)
         joint = probs[:, :-1, :, None] * kernel * betas[:, 1:, None, :]
-        edge_m = joint / joint.sum((-2, -1), keepdim=True)
-        zero = torch.zeros((), dtype=edge_m.dtype, device=edge_m.device)
-        edge_m = torch.where(valid[..., None, None], edge_m, zero)
+        scale = (grad[:, None] / joint.sum((-2, -1))).masked_fill(~valid, 0)
         node0 = probs[:, 0] * betas[:, 0]
-        init_m = node0 / node0.sum(-1, keepdim=True)
-        return grad[:, None] * init_m, grad[:, None, None, None] * edge_m, None
+        init_grad = node0 * (grad[:, None] / node0.sum(-1, keepdim=True))
+        return init_grad, joint * scale[..., None, None], None
 
 
 def log_partition(
@@ -230,7 +226,7 @@ def log_partition(
         lengths_ = full if lengths is None else lengths.to(edges.device)
         valid = torch.arange(edges.shape[1], device=edges.device) < (lengths_[:, None] - 1)
         if _spread_ok(init, edges, valid):
-            return _ForwardBackward.apply(init, edges, lengths_)
+            return _ForwardBackward.apply(init, edges, valid)
         method = "sequential"  # extreme potentials: log space, exact local softmax gradients
     masked = mask_edges(edges, lengths, semiring)
     if method == "sequential":
