@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import time
 import warnings
 from collections.abc import Callable
@@ -30,19 +29,27 @@ from pyrocg.structured import LinearChainCRF
 SIZES = [(32, 50, 20), (32, 200, 20), (8, 1000, 10), (256, 20, 10)]
 
 
-def _timer(device: torch.device, repeats: int) -> Callable[[Callable[[], object]], float]:
-    def measure(fn: Callable[[], object]) -> float:
-        fn()  # warm-up (allocator, lazy imports)
-        times = []
+def _timer(device: torch.device, repeats: int) -> Callable[..., list[float]]:
+    """Time several functions interleaved (so that load from other processes hits all of them
+    alike); return each one's best time in ms (the least disturbed run, as ``timeit`` does)."""
+
+    def run_once(fn: Callable[[], object]) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    def measure(*fns: Callable[[], object]) -> list[float]:
+        for fn in fns:
+            fn()  # warm-up (allocator, lazy imports)
+        times: list[list[float]] = [[] for _ in fns]
         for _ in range(repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times) * 1e3
+            for fn, acc in zip(fns, times, strict=True):
+                acc.append(run_once(fn))
+        return [min(acc) * 1e3 for acc in times]
 
     return measure
 
@@ -69,7 +76,7 @@ def _bench_size(
     length: int,
     tags: int,
     device: torch.device,
-    measure: Callable[[Callable[[], object]], float],
+    measure: Callable[..., list[float]],
     torchcrf: object | None,
     torch_struct: object | None,
 ) -> dict:
@@ -97,9 +104,10 @@ def _bench_size(
         crf = LinearChainCRF(unary.detach(), trans.detach(), lengths)
         return crf.log_partition, crf.marginals
 
-    row["ours_loglik_ms"] = measure(ours_loglik)
-    row["ours_viterbi_ms"] = measure(ours_viterbi)
-    row["ours_marginals_ms"] = measure(ours_marginals)
+    if torchcrf is None:
+        row["ours_loglik_ms"], row["ours_viterbi_ms"] = measure(ours_loglik, ours_viterbi)
+    if torch_struct is None:
+        (row["ours_marginals_ms"],) = measure(ours_marginals)
 
     if torchcrf is not None:
         ref = torchcrf.CRF(tags, batch_first=True).to(device)
@@ -115,8 +123,8 @@ def _bench_size(
             with torch.no_grad():
                 return ref.decode(unary, mask)
 
-        row["torchcrf_loglik_ms"] = measure(ref_loglik)
-        row["torchcrf_viterbi_ms"] = measure(ref_viterbi)
+        row["ours_loglik_ms"], row["torchcrf_loglik_ms"] = measure(ours_loglik, ref_loglik)
+        row["ours_viterbi_ms"], row["torchcrf_viterbi_ms"] = measure(ours_viterbi, ref_viterbi)
         row["loglik_speedup"] = row["torchcrf_loglik_ms"] / row["ours_loglik_ms"]
         row["viterbi_speedup"] = row["torchcrf_viterbi_ms"] / row["ours_viterbi_ms"]
 
@@ -132,7 +140,7 @@ def _bench_size(
                 dist = torch_struct.LinearChainCRF(edges, lengths=lengths)
                 return dist.partition, dist.marginals
 
-        row["torchstruct_marginals_ms"] = measure(ref_marginals)
+        row["ours_marginals_ms"], row["torchstruct_marginals_ms"] = measure(ours_marginals, ref_marginals)
         row["marginals_speedup"] = row["torchstruct_marginals_ms"] / row["ours_marginals_ms"]
     return row
 
@@ -174,7 +182,7 @@ def _table(report: dict) -> str:
         lines.append(" | ".join(f(r).rjust(len(name)) for name, f in cols))
     head = (
         f"device={report['device']} threads={report['threads']} torch={report['torch']} "
-        f"repeats={report['repeats']} (times in ms, median; x = baseline / ours)"
+        f"repeats={report['repeats']} (times in ms, best of repeats, interleaved; x = baseline / ours)"
     )
     notes = [f"note: {k} {v}" for k, v in report["notes"].items()]
     return "\n".join([head, *lines, *notes])
