@@ -25,8 +25,11 @@ def reliability_curve(probs: torch.Tensor, y: torch.Tensor, n_bins: int = 15):
 
 
 def plot_reliability(predictions: dict[str, torch.Tensor], y: torch.Tensor,
-                     path: str | Path, n_bins: int = 15) -> Path:
-    """Reliability diagram (accuracy vs confidence) of several predictors, saved as PNG."""
+                     path: str | Path, n_bins: int = 10, min_count: int = 5) -> Path:
+    """Reliability diagram (accuracy vs confidence) of several predictors, saved as PNG.
+
+    Bins with fewer than ``min_count`` data are not drawn; marker area grows with the count.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -38,8 +41,9 @@ def plot_reliability(predictions: dict[str, torch.Tensor], y: torch.Tensor,
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     for name, probs in predictions.items():
         conf, acc, count = reliability_curve(probs, y, n_bins)
-        keep = count > 0
-        ax.plot(conf[keep], acc[keep], "o-", label=name, ms=4)
+        keep = count >= min_count
+        (line,) = ax.plot(conf[keep], acc[keep], "-", label=name, lw=1.2)
+        ax.scatter(conf[keep], acc[keep], s=8 + 60 * count[keep] / count.sum(), color=line.get_color())
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)
