@@ -37,6 +37,7 @@ from pyrocg.structured.semirings import LogSemiring, MaxSemiring, Semiring
 
 __all__ = [
     "choose_method",
+    "crf_log_partition",
     "edge_mask",
     "entropy",
     "forward_messages",
@@ -186,6 +187,111 @@ class _ForwardBackward(torch.autograd.Function):
         node0 = probs[:, 0] * betas[:, 0]
         init_grad = node0 * (grad[:, None] / node0.sum(-1, keepdim=True))
         return init_grad, joint * scale[..., None, None], None
+
+
+class _FactoredForwardBackward(torch.autograd.Function):
+    """:class:`_ForwardBackward` for edges that factor as ``transitions[i, j] + unary[n+1, j]``.
+
+    Then ``K_n = exp(T) ⊙ exp(u_{n+1})[None, :]``: the loops need one ``(batch, C) @ (C, C)``
+    product per step and no ``(batch, N, C, C)`` tensor is ever built; the transition gradient
+    is a single ``(C, batch·N) @ (batch·N, C)`` product.
+    """
+
+    @staticmethod
+    def forward(ctx, unary: torch.Tensor, transitions: torch.Tensor, lengths: torch.Tensor):
+        batch, n, c = unary.shape
+        node_valid = torch.arange(n, device=unary.device) < lengths[:, None]
+        umax = unary.amax(-1, keepdim=True)
+        # sanitise padding (may hold -inf/nan); it is never read by the results
+        eu = torch.where(node_valid[..., None], (unary - umax).exp(), 1.0)
+        tmax = transitions.amax()
+        et = (transitions - tmax).exp()
+        p = eu[:, 0]
+        probs, norms = [p], []
+        for u in eu[:, 1:].unbind(1):
+            p = (p @ et) * u
+            norm = p.sum(-1, keepdim=True)
+            p = p / norm
+            probs.append(p)
+            norms.append(norm)
+        probs = torch.stack(probs, 1)
+        log_scale = umax[:, :1, 0]
+        if n > 1:
+            log_step = torch.cat(norms, -1).log() + umax[:, 1:, 0] + tmax
+            log_scale = torch.cat([log_scale, log_scale + log_step.cumsum(-1)], -1)
+        last = (lengths - 1)[:, None]
+        p_last = probs.gather(1, last[..., None].expand(batch, 1, c)).squeeze(1)
+        ctx.save_for_backward(probs, eu, et, lengths)
+        return log_scale.gather(1, last).squeeze(1) + p_last.sum(-1).log()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        probs, eu, et, lengths = ctx.saved_tensors
+        batch, n, c = probs.shape
+        node_valid = torch.arange(n, device=probs.device) < lengths[:, None]
+        # q_{L-1} = 1 and q_m = K_m q_{m+1}, rescaled by its max (marginals are normalised
+        # locally below, so any per-node scale is fine)
+        one = torch.ones(batch, c, dtype=probs.dtype, device=probs.device)
+        beta = one
+        betas = [beta]
+        inner = node_valid[:, 1:, None].unbind(1)
+        for m in range(n - 2, -1, -1):
+            new = (eu[:, m + 1] * beta) @ et.T
+            new = new / new.amax(-1, keepdim=True)
+            beta = torch.where(inner[m], new, one)
+            betas.append(beta)
+        betas.reverse()
+        betas = torch.stack(betas, 1)
+        node = probs * betas
+        weight = (grad[:, None] / node.sum(-1)).masked_fill(~node_valid, 0)
+        grad_unary = node * weight[..., None]
+        grad_trans = None
+        if ctx.needs_input_grad[1] and n > 1:
+            into = eu[:, 1:] * betas[:, 1:]  # (B, N-1, C)
+            pred = probs[:, :-1] @ et  # (B, N-1, C)
+            norm = (pred * into).sum(-1)
+            w = (grad[:, None] / norm).masked_fill(~node_valid[:, 1:], 0)
+            outer = probs[:, :-1].flatten(0, 1).T @ (into * w[..., None]).flatten(0, 1)
+            grad_trans = et * outer
+        elif ctx.needs_input_grad[1]:
+            grad_trans = torch.zeros_like(et)
+        return grad_unary, grad_trans, None
+
+
+def crf_log_partition(
+    unary: torch.Tensor,
+    transitions: torch.Tensor,
+    lengths: torch.Tensor | None = None,
+    method: str = "auto",
+) -> torch.Tensor:
+    """Log partition of a chain whose edges factor as ``transitions[i, j] + unary[n+1, j]``.
+
+    :param unary: ``(batch, N, C)`` node log potentials (start/end potentials folded in).
+    :param transitions: ``(C, C)`` shared ``[from, to]`` log potentials.
+    :param lengths: ``(batch,)`` number of nodes in ``[1, N]``.
+    :param method: as in :func:`log_partition`; ``"auto"``/``"fused"`` use a factored
+        forward-backward pass (O(N C²), no ``(batch, N, C, C)`` tensor) whenever
+        ``spread(transitions) + spread(unary[n])`` stays within the probability-space limit.
+    :returns: ``(batch,)``, equal to ``log_partition(transitions + unary[:, 1:, None, :],
+        lengths, unary[:, 0])``.
+    """
+    batch, n, c = unary.shape
+    if method == "auto":
+        method = choose_method(batch, n - 1, c, unary.device)
+        if method == "sequential":
+            method = "fused"
+    limit = _EXP_SPREAD.get(unary.dtype)
+    if method == "fused" and limit is not None:
+        lengths_ = torch.full((batch,), n, device=unary.device) if lengths is None else lengths
+        lengths_ = lengths_.to(unary.device)
+        node_valid = torch.arange(n, device=unary.device) < lengths_[:, None]
+        spread = (unary.amax(-1) - unary.amin(-1)).masked_fill(~node_valid, 0)
+        t_spread = transitions.amax() - transitions.amin()
+        if bool(((spread.amax() + t_spread) <= limit).item()):
+            return _FactoredForwardBackward.apply(unary, transitions, lengths_)
+    edges = transitions + unary[:, 1:, None, :]
+    return log_partition(edges, lengths, unary[:, 0], LogSemiring, method)
 
 
 def log_partition(

@@ -165,8 +165,8 @@ class LinearChainCRF(TorchDistribution):
         return None if self.lengths is None else self.lengths.reshape(-1)
 
     @lazy_property
-    def _potentials(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``init`` ``(B, C)`` and ``edges`` ``(B, length - 1, C, C)`` with batch flattened."""
+    def _node_potentials(self) -> torch.Tensor:
+        """Unary ``(B, length, C)`` with batch flattened and start/end folded in."""
         length, num_tags = self.unary.shape[-2:]
         unary = self.unary.reshape(-1, length, num_tags)
         if self.end is not None:
@@ -176,12 +176,19 @@ class LinearChainCRF(TorchDistribution):
             else:
                 last = torch.arange(length, device=unary.device) == (lengths[:, None] - 1)
                 unary = torch.where(last[..., None], unary + self.end, unary)
-        init = unary[:, 0] if self.start is None else unary[:, 0] + self.start
+        if self.start is not None:
+            unary = torch.cat([unary[:, :1] + self.start, unary[:, 1:]], dim=1)
+        return unary
+
+    @lazy_property
+    def _potentials(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``init`` ``(B, C)`` and ``edges`` ``(B, length - 1, C, C)`` with batch flattened."""
+        length, num_tags = self.unary.shape[-2:]
+        unary = self._node_potentials
         transitions = self.transitions
         if transitions.dim() > 2:
             transitions = transitions.reshape(-1, length - 1, num_tags, num_tags)
-        edges = transitions + unary[:, 1:, None, :]
-        return init, edges
+        return unary[:, 0], transitions + unary[:, 1:, None, :]
 
     def _unflatten(self, x: torch.Tensor, event: tuple[int, ...] = ()) -> torch.Tensor:
         return x.reshape(self.batch_shape + event)
@@ -191,6 +198,10 @@ class LinearChainCRF(TorchDistribution):
     @lazy_property
     def log_partition(self) -> torch.Tensor:
         """Log normaliser ``log Z`` ``(batch,)``, differentiable. Cost O(length · tags²)."""
+        if self.transitions.dim() == 2:
+            # shared transitions: factored pass, no (batch, length, C, C) tensor
+            log_z = chain.crf_log_partition(self._node_potentials, self.transitions, self._flat_lengths())
+            return self._unflatten(log_z)
         init, edges = self._potentials
         return self._unflatten(chain.log_partition(edges, self._flat_lengths(), init))
 
@@ -198,6 +209,14 @@ class LinearChainCRF(TorchDistribution):
     def marginals(self) -> torch.Tensor:
         """``p(y_n = c)`` ``(batch, length, tags)`` as the gradient of ``log Z``; zero at
         padding. Differentiable when the potentials require grad."""
+        params = (self.unary, self.transitions, self.start, self.end)
+        differentiable = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
+        if self.transitions.dim() == 2 and not differentiable:
+            with torch.enable_grad():
+                unary = self._node_potentials.detach().requires_grad_()
+                log_z = chain.crf_log_partition(unary, self.transitions.detach(), self._flat_lengths())
+                (nodes,) = torch.autograd.grad(log_z.sum(), unary)
+            return self._unflatten(nodes, tuple(self.unary.shape[-2:]))
         init, edges = self._potentials
         _, init_m, edge_m = chain.marginals(edges, self._flat_lengths(), init)
         nodes = torch.cat([init_m.unsqueeze(1), edge_m.sum(-2)], dim=1)

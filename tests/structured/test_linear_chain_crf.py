@@ -309,3 +309,25 @@ def test_fused_gradient_matches_autograd(scale, dtype):
     for want, got in zip(grads["sequential"], grads["fused"], strict=True):
         assert torch.isfinite(got).all()
         assert torch.allclose(got, want, **tol)
+
+
+@pytest.mark.parametrize("scale", [1.0, 100.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_factored_crf_pass_matches_generic(scale, dtype):
+    g = torch.Generator().manual_seed(6)
+    unary = torch.randn(4, 25, 6, dtype=dtype, generator=g) * scale
+    trans = torch.randn(6, 6, dtype=dtype, generator=g) * scale
+    lengths = torch.tensor([25, 9, 1, 2])
+    unary[1, 9:] = float("-inf")  # garbage past the end must not leak
+    unary[2, 1:] = float("nan")
+    out = {}
+    for method in ("sequential", "fused"):
+        u = unary.clone().requires_grad_()
+        t = trans.clone().requires_grad_()
+        log_z = chain.crf_log_partition(u, t, lengths, method=method)
+        (log_z * torch.arange(1.0, 5.0, dtype=dtype)).sum().backward()
+        out[method] = (log_z, u.grad, t.grad)
+    tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {}
+    for want, got in zip(out["sequential"], out["fused"], strict=True):
+        assert torch.isfinite(got).all()
+        assert torch.allclose(got, want, **tol)
