@@ -30,6 +30,8 @@ tensor([8.])
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -189,16 +191,23 @@ class _ForwardBackward(torch.autograd.Function):
         return init_grad, joint * scale[..., None, None], None
 
 
+# Growth budget (in nats) of un-normalised messages between two normalisations.
+_EXP_BUDGET = {torch.float64: 300.0, torch.float32: 30.0}
+
+
 class _FactoredForwardBackward(torch.autograd.Function):
     """:class:`_ForwardBackward` for edges that factor as ``transitions[i, j] + unary[n+1, j]``.
 
     Then ``K_n = exp(T) ⊙ exp(u_{n+1})[None, :]``: the loops need one ``(batch, C) @ (C, C)``
     product per step and no ``(batch, N, C, C)`` tensor is ever built; the transition gradient
-    is a single ``(C, batch·N) @ (batch·N, C)`` product.
+    is a single ``(C, batch·N) @ (batch·N, C)`` product. Messages are renormalised only every
+    ``every`` steps, as often as the spread of the potentials requires; backward messages use
+    the same normalisers (Rabiner scaling) on sequences right-aligned so that the loop needs
+    no masking.
     """
 
     @staticmethod
-    def forward(ctx, unary: torch.Tensor, transitions: torch.Tensor, lengths: torch.Tensor):
+    def forward(ctx, unary, transitions, lengths, every: int):
         batch, n, c = unary.shape
         node_valid = torch.arange(n, device=unary.device) < lengths[:, None]
         umax = unary.amax(-1, keepdim=True)
@@ -208,55 +217,67 @@ class _FactoredForwardBackward(torch.autograd.Function):
         et = (transitions - tmax).exp()
         p = eu[:, 0]
         probs, norms = [p], []
-        for u in eu[:, 1:].unbind(1):
+        one = torch.ones(batch, 1, dtype=unary.dtype, device=unary.device)
+        for step, u in enumerate(eu[:, 1:].unbind(1), 1):
             p = (p @ et) * u
-            norm = p.sum(-1, keepdim=True)
-            p = p / norm
+            if step % every == 0 or step == n - 1:
+                norm = p.sum(-1, keepdim=True)
+                p = p / norm
+            else:
+                norm = one
             probs.append(p)
             norms.append(norm)
         probs = torch.stack(probs, 1)
         log_scale = umax[:, :1, 0]
+        norms = torch.cat(norms, -1) if norms else umax[:, 1:, 0]
         if n > 1:
-            log_step = torch.cat(norms, -1).log() + umax[:, 1:, 0] + tmax
+            log_step = norms.log() + umax[:, 1:, 0] + tmax
             log_scale = torch.cat([log_scale, log_scale + log_step.cumsum(-1)], -1)
         last = (lengths - 1)[:, None]
         p_last = probs.gather(1, last[..., None].expand(batch, 1, c)).squeeze(1)
-        ctx.save_for_backward(probs, eu, et, lengths)
+        ctx.save_for_backward(probs, eu, et, norms, lengths)
         return log_scale.gather(1, last).squeeze(1) + p_last.sum(-1).log()
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        probs, eu, et, lengths = ctx.saved_tensors
+    def backward(ctx, grad, _unused=None):
+        probs, eu, et, norms, lengths = ctx.saved_tensors
         batch, n, c = probs.shape
-        node_valid = torch.arange(n, device=probs.device) < lengths[:, None]
-        # q_{L-1} = 1 and q_m = K_m q_{m+1}, rescaled by its max (marginals are normalised
-        # locally below, so any per-node scale is fine)
-        one = torch.ones(batch, c, dtype=probs.dtype, device=probs.device)
-        beta = one
+        pos = torch.arange(n, device=probs.device)
+        node_valid = pos < lengths[:, None]
+        shift = (n - lengths)[:, None]
+        ragged = bool((shift > 0).any().item())
+        # q_{L-1} = 1, q_m = (eu_{m+1} / c_{m+1} ⊙ q_{m+1}) @ exp(T)^T
+        scaled = eu[:, 1:] / norms.unsqueeze(-1)
+        if ragged:  # right-align every sequence: its last node sits at n - 1
+            index = (pos[1:] - shift).clamp_min(0)[..., None].expand(batch, n - 1, c)
+            scaled = torch.where(index > 0, scaled.gather(1, (index - 1).clamp_min(0)), 1.0)
+        et_t = et.T.contiguous()
+        beta = torch.ones(batch, c, dtype=probs.dtype, device=probs.device)
         betas = [beta]
-        inner = node_valid[:, 1:, None].unbind(1)
-        for m in range(n - 2, -1, -1):
-            new = (eu[:, m + 1] * beta) @ et.T
-            new = new / new.amax(-1, keepdim=True)
-            beta = torch.where(inner[m], new, one)
+        for u in reversed(scaled.unbind(1)):
+            beta = (u * beta) @ et_t
             betas.append(beta)
         betas.reverse()
         betas = torch.stack(betas, 1)
-        node = probs * betas
-        weight = (grad[:, None] / node.sum(-1)).masked_fill(~node_valid, 0)
+        if ragged:  # back to left-aligned
+            index = (pos + shift).clamp_max(n - 1)[..., None].expand(batch, n, c)
+            betas = betas.gather(1, index)
+        zero = torch.zeros((), dtype=probs.dtype, device=probs.device)
+        node = torch.where(node_valid[..., None], probs * betas, zero)
+        weight = grad[:, None] / node.sum(-1).masked_fill(~node_valid, 1)
         grad_unary = node * weight[..., None]
         grad_trans = None
-        if ctx.needs_input_grad[1] and n > 1:
-            into = eu[:, 1:] * betas[:, 1:]  # (B, N-1, C)
-            pred = probs[:, :-1] @ et  # (B, N-1, C)
-            norm = (pred * into).sum(-1)
-            w = (grad[:, None] / norm).masked_fill(~node_valid[:, 1:], 0)
-            outer = probs[:, :-1].flatten(0, 1).T @ (into * w[..., None]).flatten(0, 1)
-            grad_trans = et * outer
-        elif ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[1]:
             grad_trans = torch.zeros_like(et)
-        return grad_unary, grad_trans, None
+            if n > 1:
+                into = torch.where(node_valid[:, 1:, None], eu[:, 1:] * betas[:, 1:], zero)
+                pred = probs[:, :-1] @ et  # (B, N-1, C)
+                norm = (pred * into).sum(-1).masked_fill(~node_valid[:, 1:], 1)
+                w = grad[:, None] / norm
+                outer = probs[:, :-1].flatten(0, 1).T @ (into * w[..., None]).flatten(0, 1)
+                grad_trans = et * outer
+        return grad_unary, grad_trans, None, None
 
 
 def crf_log_partition(
@@ -288,8 +309,11 @@ def crf_log_partition(
         node_valid = torch.arange(n, device=unary.device) < lengths_[:, None]
         spread = (unary.amax(-1) - unary.amin(-1)).masked_fill(~node_valid, 0)
         t_spread = transitions.amax() - transitions.amin()
-        if bool(((spread.amax() + t_spread) <= limit).item()):
-            return _FactoredForwardBackward.apply(unary, transitions, lengths_)
+        total = float((spread.amax() + t_spread).item())
+        if total <= limit:  # false for nan
+            budget = _EXP_BUDGET[unary.dtype]
+            every = max(1, int(budget // max(total, math.log(c), 1.0)))
+            return _FactoredForwardBackward.apply(unary, transitions, lengths_, every)
     edges = transitions + unary[:, 1:, None, :]
     return log_partition(edges, lengths, unary[:, 0], LogSemiring, method)
 

@@ -216,6 +216,8 @@ class LinearChainCRF(TorchDistribution):
                 unary = self._node_potentials.detach().requires_grad_()
                 log_z = chain.crf_log_partition(unary, self.transitions.detach(), self._flat_lengths())
                 (nodes,) = torch.autograd.grad(log_z.sum(), unary)
+            # nothing requires grad, so this log Z is the lazy property's value: reuse it
+            self.__dict__.setdefault("log_partition", self._unflatten(log_z.detach()))
             return self._unflatten(nodes, tuple(self.unary.shape[-2:]))
         init, edges = self._potentials
         _, init_m, edge_m = chain.marginals(edges, self._flat_lengths(), init)
