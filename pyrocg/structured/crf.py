@@ -195,13 +195,28 @@ class LinearChainCRF(TorchDistribution):
 
     # -- inference --------------------------------------------------------------------------
 
+    def _requires_grad(self) -> bool:
+        params = (self.unary, self.transitions, self.start, self.end)
+        return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
+
+    def _constant_graph(self) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.enable_grad():
+            leaf = self._node_potentials.detach().requires_grad_()
+            log_z = chain.crf_log_partition(leaf, self.transitions.detach(), self._flat_lengths())
+        return leaf, log_z
+
     @lazy_property
     def log_partition(self) -> torch.Tensor:
         """Log normaliser ``log Z`` ``(batch,)``, differentiable. Cost O(length · tags²)."""
         if self.transitions.dim() == 2:
             # shared transitions: factored pass, no (batch, length, C, C) tensor
-            log_z = chain.crf_log_partition(self._node_potentials, self.transitions, self._flat_lengths())
-            return self._unflatten(log_z)
+            if self._requires_grad():
+                log_z = chain.crf_log_partition(self._node_potentials, self.transitions, self._flat_lengths())
+                return self._unflatten(log_z)
+            # constants: keep the graph of a detached leaf so that .marginals needs only
+            # the backward pass
+            self._marginal_graph = self._constant_graph()
+            return self._unflatten(self._marginal_graph[1].detach())
         init, edges = self._potentials
         return self._unflatten(chain.log_partition(edges, self._flat_lengths(), init))
 
@@ -209,20 +224,17 @@ class LinearChainCRF(TorchDistribution):
     def marginals(self) -> torch.Tensor:
         """``p(y_n = c)`` ``(batch, length, tags)`` as the gradient of ``log Z``; zero at
         padding. Differentiable when the potentials require grad."""
-        params = (self.unary, self.transitions, self.start, self.end)
-        differentiable = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
-        if self.transitions.dim() == 2 and not differentiable:
-            with torch.enable_grad():
-                unary = self._node_potentials.detach().requires_grad_()
-                log_z = chain.crf_log_partition(unary, self.transitions.detach(), self._flat_lengths())
-                (nodes,) = torch.autograd.grad(log_z.sum(), unary)
-            # nothing requires grad, so this log Z is the lazy property's value: reuse it
+        shape = tuple(self.unary.shape[-2:])
+        if self.transitions.dim() == 2 and not self._requires_grad():
+            graph = self.__dict__.pop("_marginal_graph", None)
+            leaf, log_z = graph if graph is not None else self._constant_graph()
             self.__dict__.setdefault("log_partition", self._unflatten(log_z.detach()))
-            return self._unflatten(nodes, tuple(self.unary.shape[-2:]))
+            (nodes,) = torch.autograd.grad(log_z.sum(), leaf)
+            return self._unflatten(nodes, shape)
         init, edges = self._potentials
         _, init_m, edge_m = chain.marginals(edges, self._flat_lengths(), init)
         nodes = torch.cat([init_m.unsqueeze(1), edge_m.sum(-2)], dim=1)
-        return self._unflatten(nodes, tuple(self.unary.shape[-2:]))
+        return self._unflatten(nodes, shape)
 
     @lazy_property
     def argmax(self) -> torch.Tensor:
