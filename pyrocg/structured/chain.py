@@ -35,7 +35,7 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
-from pyrocg.structured.semirings import LogSemiring, MaxSemiring, Semiring
+from pyrocg.structured.semirings import LogSemiring, Semiring
 
 __all__ = [
     "choose_method",
@@ -441,16 +441,25 @@ def viterbi(
     with torch.no_grad():
         alpha = _init_or_one(init, edges)
         batch, c = alpha.shape
-        pointers = []
-        for step in mask_edges(edges, lengths, MaxSemiring).unbind(1):
+        # No masking in the loop: each chain's result is read at its own last node, and
+        # the backpointers past it are replaced by the identity map afterwards.
+        alphas, pointers = [alpha], []
+        for step in edges.unbind(1):
             alpha, best_prev = (alpha.unsqueeze(-1) + step).max(dim=-2)
+            alphas.append(alpha)
             pointers.append(best_prev)
+        identity = torch.arange(c, device=alpha.device).expand(batch, 1, c)
+        maps = torch.stack(pointers + [identity[:, 0]], dim=1)
+        if lengths is not None:
+            lengths = lengths.to(alpha.device)
+            alpha = torch.stack(alphas, 1).gather(1, (lengths - 1).view(-1, 1, 1).expand(-1, 1, c))
+            alpha = alpha.squeeze(1)
+            past_end = torch.arange(maps.shape[1], device=alpha.device) >= (lengths[:, None] - 1)
+            maps = torch.where(past_end[..., None], identity, maps)
         score, last = alpha.max(dim=-1, keepdim=True)
         # maps[:, n] sends the state of node n+1 to the best state of node n. Backtracking by
         # pointer doubling: after round k, maps[:, n] sends node min(n + 2^k, N-1) to node n.
         # log2(N) vectorised gathers instead of N sequential ones.
-        identity = torch.arange(c, device=alpha.device).expand(batch, 1, c)
-        maps = torch.cat([*(p.unsqueeze(1) for p in pointers), identity], dim=1)
         n = maps.shape[1]
         hop = 1
         while hop < n:
