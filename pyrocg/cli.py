@@ -6,11 +6,12 @@ import argparse
 import json
 import sys
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
 
-from . import infer, models
+from . import infer, layers, models, structured, tasks
 from .data import load_dataset
 
 __all__ = ["main", "build_model"]
@@ -175,6 +176,62 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _crf_task(task: str, crf: bool, n: int):
+    """(network, likelihood) of one demonstration, with or without pairwise potentials."""
+    if task == "sequence":
+        net = models.cnn(1, 10, image_size=8, channels=(16, 32), hidden=64)
+        layer = layers.ChainCRF(10, start_end=crf)
+        if not crf:  # zero, frozen transitions: exactly independent per-token softmaxes
+            layer.transitions.requires_grad_(False)
+        return net, infer.ChainCRFLikelihood(layer, n, token_dims=3)
+    if task == "multilabel":
+        net = models.mlp(64, [128], len(tasks.ATTRIBUTES))
+        iters = 5 if crf else 0  # 0 mean-field updates: independent sigmoids
+        return net, infer.MultiLabelCRFLikelihood(structured.MultiLabelMeanFieldCRF(
+            len(tasks.ATTRIBUTES), num_iters=iters), n)
+    net = layers.Sequential(OrderedDict(
+        conv1=layers.Conv2d(1, 16, 3, padding=1), out=layers.Conv2d(16, 2, 1, node=None)))
+    return net, infer.GridCRFLikelihood(structured.GridMeanFieldCRF(
+        2, num_iters=5 if crf else 0, neighbourhood=4), n)
+
+
+CRF_TASKS = {
+    "sequence": (tasks.digit_sequences, "CNN per token + linear-chain CRF vs independent softmax"),
+    "multilabel": (tasks.digit_attributes, "MLP + mean-field label-correlation CRF vs sigmoids"),
+    "grid": (tasks.digit_strokes, "conv net + mean-field grid CRF (Potts) vs per-pixel softmax"),
+}
+
+
+def cmd_demo_crf(args) -> int:
+    device = torch.device(args.device)
+    names = list(CRF_TASKS) if args.task == "all" else [args.task]
+    rows, results = [], {}
+    for task in names:
+        make, title = CRF_TASKS[task]
+        data = make(seed=args.seed, device=device)
+        print(f"{task}: {title}\n  {data}")
+        results[task] = {}
+        for variant in ("independent", "crf"):
+            torch.manual_seed(args.seed)
+            net, lik = _crf_task(task, variant == "crf", len(data.train))
+            model = infer.CGModel(net, lik, args.mode, rate=0.2).to(device)
+            config = infer.TrainConfig(epochs=args.epochs, batch_size=32, lr=3e-3, seed=args.seed,
+                                       eval_samples=args.samples, progress=not args.quiet)
+            t0 = time.perf_counter()
+            infer.fit(model, data, config)
+            res = infer.evaluate(model, data.test.x, data.test.y, args.samples)
+            res["seconds"] = time.perf_counter() - t0
+            results[task][variant] = res
+            rows.append({"task": task, "model": variant, **res})
+            print(f"  {variant:12s} " + ", ".join(f"{k}={v:.4f}" for k, v in res.items()))
+    print()
+    cols = ["task", "model", "token_accuracy", "sequence_accuracy", "label_accuracy",
+            "exact_match", "pixel_accuracy", "nll", "seconds"]
+    _print_table(rows, [c for c in cols if any(c in r for r in rows)])
+    _write_json(args.json, {"results": results})
+    return 0
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     p.add_argument("--seed", type=int, default=0)
@@ -191,6 +248,12 @@ def make_parser() -> argparse.ArgumentParser:
     _add_common(d)
     d.add_argument("--epochs", type=int, default=30)
     d.add_argument("--plots", default=None, help="write plots into this directory")
+    c = sub.add_parser("demo-crf", help="CRF output layers vs independent outputs on digit tasks")
+    _add_common(c)
+    c.add_argument("--task", choices=("all", *CRF_TASKS), default="all")
+    c.add_argument("--mode", choices=MODE_NAMES, default="feedforward",
+                   help="mode of the layers beneath the CRF")
+    c.add_argument("--epochs", type=int, default=15)
     t = sub.add_parser("train", help="train one model in one mode")
     _add_common(t)
     t.add_argument("--dataset", choices=("digits", "fashion-mnist", "table"), default="digits")
@@ -220,14 +283,16 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    if getattr(args, "mode", None) is not None and not 0.0 <= args.rate <= 1.0:
+    if getattr(args, "rate", None) is not None and not 0.0 <= args.rate <= 1.0:
         print(f"pyrocg: error: --rate must be in [0, 1], got {args.rate}", file=sys.stderr)
         return 2
     if getattr(args, "p", None) is not None and not 0.0 <= args.p < 1.0:
         print(f"pyrocg: error: --p must be in [0, 1), got {args.p}", file=sys.stderr)
         return 2
     try:
-        return {"demo": cmd_demo, "train": cmd_train, "evaluate": cmd_evaluate}[args.command](args)
+        commands = {"demo": cmd_demo, "demo-crf": cmd_demo_crf, "train": cmd_train,
+                    "evaluate": cmd_evaluate}
+        return commands[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, infer.TrainingDiverged) as err:
         print(f"pyrocg: error: {err}", file=sys.stderr)
         return 1

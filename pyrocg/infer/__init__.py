@@ -5,7 +5,14 @@ vectorised predictive. Network, prior, likelihood and guide are separate objects
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .guides import DropoutWeightGuide, MeanFieldNormalGuide
-from .likelihoods import Categorical, ChainCRFLikelihood, Gaussian, Likelihood
+from .likelihoods import (
+    Categorical,
+    ChainCRFLikelihood,
+    Gaussian,
+    GridCRFLikelihood,
+    Likelihood,
+    MultiLabelCRFLikelihood,
+)
 from .model import CGModel
 from .modes import MODES, Mode, get_mode
 from .predictive import Prediction, predict
@@ -19,6 +26,8 @@ __all__ = [
     "Categorical",
     "Gaussian",
     "ChainCRFLikelihood",
+    "MultiLabelCRFLikelihood",
+    "GridCRFLikelihood",
     "GaussianPrior",
     "DropoutWeightGuide",
     "MeanFieldNormalGuide",

@@ -9,7 +9,14 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-__all__ = ["Likelihood", "Categorical", "Gaussian", "ChainCRFLikelihood"]
+__all__ = [
+    "Likelihood",
+    "Categorical",
+    "Gaussian",
+    "ChainCRFLikelihood",
+    "MultiLabelCRFLikelihood",
+    "GridCRFLikelihood",
+]
 
 
 class Likelihood(nn.Module):
@@ -212,3 +219,92 @@ class ChainCRFLikelihood(Likelihood):
     def decode(self, output: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Most probable tag sequences (Viterbi), ``(batch, length)``."""
         return self.dist(output, lengths).argmax
+
+    def metrics(self, output: torch.Tensor, mean: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Token and whole-sequence accuracy of Viterbi decoding of ``output`` (the unary
+        energies averaged over passes)."""
+        tags = self.decode(output, self.lengths(y))
+        valid = y >= 0
+        token = ((tags == y) & valid).sum() / valid.sum()
+        return {"token_accuracy": float(token),
+                "sequence_accuracy": float(((tags == y) | ~valid).all(-1).double().mean())}
+
+
+class _MeanFieldLikelihood(Likelihood):
+    """Shared part of the mean-field CRF likelihoods: the label site is the negative
+    mean-field surrogate (cross-entropy of approximate marginals) as a ``pyro.factor``, so
+    training goes through exactly the K unrolled updates used at test time."""
+
+    def __init__(self, crf: nn.Module, dataset_size: int):
+        super().__init__(dataset_size)
+        self.crf = crf
+
+    def surrogate_log_lik(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, output, y=None):
+        if y is None:
+            return self.probs(output)
+        self.check_target(output, y)
+        pyro.factor(self.site, self.surrogate_log_lik(output, y))
+        return y
+
+    def log_likelihood(self, output, y):
+        self.check_target(output, y)
+        return self.surrogate_log_lik(output, y)
+
+
+class MultiLabelCRFLikelihood(_MeanFieldLikelihood):
+    """Multi-label targets ``y`` ``(batch, L)`` in {0, 1} with learned label correlations
+    (:class:`~pyrocg.structured.MultiLabelMeanFieldCRF` on the network's ``(batch, L)``
+    logits)."""
+
+    def probs(self, output):
+        """``P(y_l = 1)`` ``(..., batch, L)``."""
+        return self.crf(output.reshape(-1, output.shape[-1])).reshape(output.shape)
+
+    def surrogate_log_lik(self, output, y):
+        q = self.probs(output).clamp(1e-6, 1 - 1e-6)
+        yf = y.to(q.dtype)
+        return (yf * q.log() + (1 - yf) * (-q).log1p()).sum(-1)
+
+    def check_target(self, output, y):
+        if not isinstance(y, torch.Tensor) or y.shape != output.shape[-2:]:
+            raise ValueError(f"labels y must have shape (batch, L) = {tuple(output.shape[-2:])}, "
+                             f"got {tuple(getattr(y, 'shape', ()))}")
+        if bool(((y != 0) & (y != 1)).any()):
+            raise ValueError("multi-label targets y must be 0 or 1")
+
+    def metrics(self, output, mean, y):
+        pred = (mean > 0.5).to(y.dtype)
+        return {"label_accuracy": float((pred == y).double().mean()),
+                "exact_match": float((pred == y).all(-1).double().mean())}
+
+
+class GridCRFLikelihood(_MeanFieldLikelihood):
+    """Per-pixel labels ``y`` ``(batch, H, W)`` with a
+    :class:`~pyrocg.structured.GridMeanFieldCRF` on the network's ``(batch, C, H, W)``
+    energies (a convolutional read-out)."""
+
+    def probs(self, output):
+        """Approximate marginals ``(..., batch, H, W, C)``."""
+        u = output.movedim(-3, -1)
+        q = self.crf(u.reshape((-1,) + u.shape[-3:]))
+        return q.reshape(u.shape)
+
+    def surrogate_log_lik(self, output, y):
+        q = self.probs(output).clamp_min(1e-6)
+        return q.log().gather(-1, y.expand(q.shape[:-1]).unsqueeze(-1))[..., 0].sum((-2, -1))
+
+    def check_target(self, output, y):
+        c = output.shape[-3]
+        if not isinstance(y, torch.Tensor) or y.dtype != torch.int64:
+            raise TypeError(f"pixel labels y must be int64, got {getattr(y, 'dtype', type(y))}")
+        if y.shape != output.shape[-4:-3] + output.shape[-2:]:
+            raise ValueError(f"pixel labels y must have shape (batch, H, W) = "
+                             f"{tuple(output.shape[-4:-3] + output.shape[-2:])}, got {tuple(y.shape)}")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= c):
+            raise ValueError(f"pixel labels y must be in [0, {c})")
+
+    def metrics(self, output, mean, y):
+        return {"pixel_accuracy": float((mean.argmax(-1) == y).double().mean())}

@@ -71,14 +71,10 @@ def evaluate(model: CGModel, x: torch.Tensor, y: torch.Tensor, num_samples: int 
              for i in range(0, x.shape[0], batch_size)]
     ll = torch.cat([p.pointwise_log_lik for p in parts])
     lik = model.likelihood
-    if hasattr(lik, "decode"):  # structured outputs: decode from the mean unary energies
-        tags = torch.cat([lik.decode(p.outputs.mean(0), lik.lengths(y[i : i + batch_size]))
-                          for i, p in zip(range(0, x.shape[0], batch_size), parts, strict=True)])
-        valid = y >= 0
-        token = ((tags == y) & valid).sum() / valid.sum()
-        sequence = ((tags == y) | ~valid).all(-1).double().mean()
-        return {"token_accuracy": float(token), "sequence_accuracy": float(sequence),
-                "nll": float(-ll.mean())}
+    if hasattr(lik, "metrics"):  # structured outputs define their own metrics
+        output = torch.cat([p.outputs.mean(0) for p in parts])
+        mean = torch.cat([p.mean for p in parts])
+        return {**lik.metrics(output, mean, y), "nll": float(-ll.mean())}
     if parts[0].probs is not None:
         probs = torch.cat([p.mean for p in parts])
         return {
