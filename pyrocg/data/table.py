@@ -1,0 +1,242 @@
+"""Tabular data (CSV or whitespace-separated) for classification or regression."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from pyrocg.data.splits import DataSplits, Split, split_indices
+
+__all__ = ["load_table"]
+
+#: With ``task="auto"``, an integer-valued numeric target with at most this many
+#: distinct values is treated as class labels.
+MAX_AUTO_CLASSES = 20
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_rows(path: Path, delimiter: str | None) -> list[tuple[int, list[str]]]:
+    """Rows as ``(line_number, fields)``, skipping blank lines and ``#`` comments."""
+    rows: list[tuple[int, list[str]]] = []
+    with open(path, newline="") as f:
+        if delimiter is None:  # whitespace-separated
+            for lineno, line in enumerate(f, start=1):
+                if line.strip() and not line.lstrip().startswith("#"):
+                    rows.append((lineno, line.split()))
+        else:
+            reader = csv.reader(f, delimiter=delimiter)
+            for fields in reader:
+                if not any(x.strip() for x in fields) or fields[0].lstrip().startswith("#"):
+                    continue
+                rows.append((reader.line_num, [x.strip() for x in fields]))
+    return rows
+
+
+def _detect_header(rows: list[tuple[int, list[str]]]) -> bool:
+    first = rows[0][1]
+    if not any(_is_number(x) for x in first):
+        return True
+    if len(rows) < 2:
+        return False
+    # A non-numeric field above a numeric one is a column name (string class labels
+    # are non-numeric all the way down, so they do not trigger this).
+    second = rows[1][1]
+    return any(not _is_number(a) and _is_number(b) for a, b in zip(first, second, strict=False))
+
+
+def _resolve_target(target: str | int, names: list[str] | None, n_cols: int, path: Path) -> int:
+    if isinstance(target, bool):  # bool is an int; almost surely a mistake
+        raise TypeError(f"target must be a column name or index, got {target!r}")
+    if isinstance(target, int):
+        if not -n_cols <= target < n_cols:
+            raise ValueError(
+                f"{path}: target column index {target} out of range for {n_cols} columns"
+            )
+        return target % n_cols
+    if names is None:
+        raise ValueError(
+            f"{path}: target={target!r} is a column name but the file has no header row; "
+            "pass a column index instead (e.g. target=-1)"
+        )
+    if target not in names:
+        raise ValueError(f"{path}: target column {target!r} not found; columns are {names}")
+    return names.index(target)
+
+
+def load_table(
+    path: str | os.PathLike[str],
+    target: str | int = -1,
+    task: Literal["auto", "classification", "regression"] = "auto",
+    delimiter: str | None = None,
+    header: bool | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    standardize: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> DataSplits:
+    """Load a numeric table; one column is the target, the others are features.
+
+    Features (and a regression target) are standardised with the mean and standard
+    deviation of the *training split only*, then the same transform is applied to
+    val and test so no held-out information leaks into training. Class labels are
+    mapped to ``0..K-1`` in sorted order; ``class_names`` keeps the original labels.
+
+    Args:
+        path: ``.csv`` (comma-separated) or whitespace-separated text file. Blank
+            lines and lines starting with ``#`` are skipped.
+        target: column name (needs a header) or index (negative counts from the end).
+        task: ``"auto"`` picks classification when the target is non-numeric, or is
+            integer-valued with at most 20 distinct values; regression otherwise.
+        delimiter: field separator; ``None``: ``","`` for ``.csv`` files, else whitespace.
+        header: whether the first row holds column names; ``None`` detects it.
+        val_fraction, test_fraction: held-out fractions (stratified for classification).
+        seed: seed of the split.
+        device: device of the returned tensors.
+        standardize: standardise features and regression target (train statistics).
+        dtype: floating dtype of ``x`` (and of a regression ``y``).
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: empty table, ragged rows, missing target column, non-numeric or
+            non-finite feature values (the message names line and column), or a class
+            with fewer than 2 rows while held-out fractions are non-zero.
+    """
+    path = Path(path)
+    if task not in ("auto", "classification", "regression"):
+        raise ValueError(f"task must be 'auto', 'classification' or 'regression', got {task!r}")
+    if delimiter is None and path.suffix.lower() == ".csv":
+        delimiter = ","
+    rows = _read_rows(path, delimiter)
+    if not rows:
+        raise ValueError(f"{path}: table is empty")
+    has_header = _detect_header(rows) if header is None else header
+    names = rows[0][1] if has_header else None
+    data = rows[1:] if has_header else rows
+    if not data:
+        raise ValueError(f"{path}: table has a header but no data rows")
+    n_cols = len(names) if names is not None else len(data[0][1])
+    for lineno, fields in data:
+        if len(fields) != n_cols:
+            raise ValueError(f"{path}: line {lineno} has {len(fields)} fields, expected {n_cols}")
+    if n_cols < 2:
+        raise ValueError(f"{path}: need at least one feature column and a target column")
+    t = _resolve_target(target, names, n_cols, path)
+    feature_cols = [c for c in range(n_cols) if c != t]
+    col_name = (lambda c: repr(names[c])) if names is not None else (lambda c: f"index {c}")
+
+    # Parse features, naming the first bad cell.
+    x = np.empty((len(data), len(feature_cols)), dtype=np.float64)
+    for i, (lineno, fields) in enumerate(data):
+        for j, c in enumerate(feature_cols):
+            try:
+                v = float(fields[c])
+            except ValueError:
+                raise ValueError(
+                    f"{path}: non-numeric value {fields[c]!r} at line {lineno}, "
+                    f"column {col_name(c)}"
+                ) from None
+            if not math.isfinite(v):
+                raise ValueError(
+                    f"{path}: non-finite value {fields[c]!r} at line {lineno}, column {col_name(c)}"
+                )
+            x[i, j] = v
+
+    raw_target = [fields[t] for _, fields in data]
+    numeric_target = all(_is_number(v) for v in raw_target)
+    if task == "auto":
+        if not numeric_target:
+            task = "classification"
+        else:
+            vals = np.array([float(v) for v in raw_target])
+            is_int = bool(np.all(np.isfinite(vals)) and np.all(vals == np.round(vals)))
+            task = (
+                "classification"
+                if is_int and len(np.unique(vals)) <= MAX_AUTO_CLASSES
+                else "regression"
+            )
+
+    target_mean = target_std = None
+    class_names: tuple[str, ...] | None = None
+    if task == "classification":
+        # Sort numeric labels numerically ("10" after "9"), others lexicographically.
+        keys = sorted(set(raw_target), key=(lambda v: float(v)) if numeric_target else None)
+        if numeric_target and len({float(k) for k in keys}) != len(keys):
+            raise ValueError(f"{path}: target spells equal numbers differently, e.g. 1 and 1.0")
+        class_names = tuple(keys)
+        mapping = {k: i for i, k in enumerate(keys)}
+        y = np.array([mapping[v] for v in raw_target], dtype=np.int64)
+        counts = np.bincount(y, minlength=len(keys))
+        if val_fraction + test_fraction > 0 and counts.min() < 2:
+            rare = [keys[k] for k in np.flatnonzero(counts < 2)]
+            raise ValueError(
+                f"{path}: class(es) {rare} have fewer than 2 rows; a stratified split needs at "
+                "least 2 rows per class (drop or merge them, or use val/test fractions of 0)"
+            )
+        stratify: np.ndarray | None = y
+    else:
+        y_f = np.empty(len(data), dtype=np.float64)
+        for i, (lineno, fields) in enumerate(data):
+            try:
+                y_f[i] = float(fields[t])
+            except ValueError:
+                raise ValueError(
+                    f"{path}: non-numeric regression target {fields[t]!r} at line {lineno}, "
+                    f"column {col_name(t)}"
+                ) from None
+            if not math.isfinite(y_f[i]):
+                raise ValueError(f"{path}: non-finite target {fields[t]!r} at line {lineno}")
+        y = y_f
+        stratify = None
+
+    tr, va, te = split_indices(len(data), val_fraction, test_fraction, seed=seed, stratify=stratify)
+    feature_mean = feature_std = None
+    if standardize:
+        mu = x[tr].mean(axis=0)
+        sd = x[tr].std(axis=0)
+        sd = np.where(sd > 0, sd, 1.0)  # constant column: centre only, avoid 0/0
+        x = (x - mu) / sd
+        feature_mean = torch.as_tensor(mu, dtype=dtype, device=device)
+        feature_std = torch.as_tensor(sd, dtype=dtype, device=device)
+        if task == "regression":
+            target_mean = float(y[tr].mean())
+            target_std = float(y[tr].std()) or 1.0
+            y = (y - target_mean) / target_std
+
+    y_dtype = torch.int64 if task == "classification" else dtype
+
+    def make(idx: np.ndarray) -> Split:
+        return Split(
+            torch.as_tensor(x[idx], dtype=dtype, device=device),
+            torch.as_tensor(y[idx], dtype=y_dtype, device=device),
+        )
+
+    return DataSplits(
+        train=make(tr),
+        val=make(va),
+        test=make(te),
+        task=task,
+        name=path.stem,
+        input_shape=(len(feature_cols),),
+        num_classes=len(class_names) if class_names is not None else None,
+        class_names=class_names,
+        target_mean=target_mean,
+        target_std=target_std,
+        feature_mean=feature_mean,
+        feature_std=feature_std,
+        feature_names=tuple(names[c] for c in feature_cols) if names is not None else None,
+    )
