@@ -1,7 +1,13 @@
-"""Predictive metrics on tensors (any device): accuracy, NLL, Brier, ECE, RMSE, Gaussian NLL.
+"""Predictive-performance metrics on torch tensors.
 
-Classification metrics take predictive class probabilities ``(batch, classes)`` (e.g. the
-mean of T stochastic passes) and integer labels ``(batch,)``.
+Convention: classification metrics take *class probabilities* ``probs`` of shape
+``(batch, classes)`` -- typically the mean predictive over posterior/MC samples, see
+:func:`predictive_from_samples` -- and int labels ``y`` of shape ``(batch,)``. They do
+not accept logits: pass ``logits.softmax(-1)``. Regression metrics take a predictive
+``mean`` (and ``var``) with the same shape as ``y``.
+
+Every function returns a 0-dim tensor on the inputs' device (no host tensors are
+created); validation reads a few scalars back, which synchronises a CUDA stream.
 """
 
 from __future__ import annotations
@@ -12,120 +18,292 @@ import torch
 
 __all__ = [
     "accuracy",
-    "nll",
     "brier",
+    "classification_metrics",
     "expected_calibration_error",
-    "rmse",
     "gaussian_nll",
+    "nll",
     "predictive_from_samples",
+    "regression_metrics",
+    "rmse",
 ]
 
 
-def _check_probs(probs: object, y: object, name: str = "probs") -> None:
-    if not isinstance(probs, torch.Tensor) or not probs.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got {getattr(probs, 'dtype', type(probs))}")
-    if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-        raise TypeError(f"labels y must be an integer tensor, got {getattr(y, 'dtype', type(y))}")
-    if probs.dim() != 2 or y.shape != probs.shape[:1]:
+# ------------------------------------------------------------------------ validation
+
+
+def _check_tensor(name: str, t: object) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    return t
+
+
+def _check_float(name: str, t: object) -> torch.Tensor:
+    t = _check_tensor(name, t)
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    return t
+
+
+def _prob_tol(dtype: torch.dtype) -> float:
+    # float32: ~3.5e-4, float64: 1e-5, float16: ~0.03 -- loose enough for a softmax
+    # averaged over samples, tight enough to catch logits or unnormalised scores.
+    return max(1e-5, math.sqrt(torch.finfo(dtype).eps))
+
+
+def _check_probs(probs: object, name: str = "probs") -> torch.Tensor:
+    probs = _check_float(name, probs)
+    if probs.ndim != 2:
         raise ValueError(
-            f"{name} must be (batch, classes) and y (batch,), got {tuple(probs.shape)} and {tuple(y.shape)}"
+            f"{name} must have shape (batch, classes), got {tuple(probs.shape)} ({probs.ndim} dims)"
         )
-    k = probs.shape[1]
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= k):
-        raise ValueError(f"labels y must be in [0, {k}), got range [{int(y.min())}, {int(y.max())}]")
-    if probs.numel() and not torch.allclose(probs.sum(-1), probs.new_ones(()), atol=1e-3):
-        raise ValueError(f"{name} rows must sum to 1 (they are probabilities, not logits)")
+    if probs.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one class column, got {tuple(probs.shape)}")
+    if probs.numel() == 0:
+        return probs
+    tol = _prob_tol(probs.dtype)
+    if not bool(torch.isfinite(probs).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    lo = float(probs.min())
+    if lo < -tol:
+        raise ValueError(f"{name} must be non-negative probabilities, found {lo:.4g}")
+    dev = float((probs.sum(dim=1) - 1).abs().max())
+    if dev > tol:
+        raise ValueError(
+            f"{name} rows must sum to 1 (within {tol:.2g}); max |row sum - 1| = {dev:.4g}. "
+            "Pass probabilities, e.g. logits.softmax(-1), not logits"
+        )
+    return probs
+
+
+def _check_labels(y: object, batch: int, num_classes: int, device: torch.device) -> torch.Tensor:
+    y = _check_tensor("y", y)
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"y must hold integer class labels, got dtype {y.dtype}")
+    if y.shape != (batch,):
+        raise ValueError(f"y must have shape ({batch},) to match probs, got {tuple(y.shape)}")
+    if y.device != device:
+        raise ValueError(f"y is on {y.device} but probs is on {device}")
+    if batch:
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(
+                f"y labels must be in [0, {num_classes - 1}] for {num_classes} classes, "
+                f"found range [{lo}, {hi}]"
+            )
+    return y
+
+
+def _check_classification(probs: object, y: object) -> tuple[torch.Tensor, torch.Tensor]:
+    probs = _check_probs(probs)
+    y = _check_labels(y, probs.shape[0], probs.shape[1], probs.device)
+    if probs.shape[0] == 0:
+        raise ValueError("probs and y are empty; a metric over 0 examples is undefined")
+    return probs, y
+
+
+def _check_same(name: str, t: object, ref: torch.Tensor, ref_name: str = "y") -> torch.Tensor:
+    t = _check_float(name, t)
+    if t.shape != ref.shape:
+        raise ValueError(
+            f"{name} must have the same shape as {ref_name} {tuple(ref.shape)}, got "
+            f"{tuple(t.shape)} (squeeze or reshape explicitly; no broadcasting here)"
+        )
+    if t.device != ref.device:
+        raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}")
+    return t
+
+
+# -------------------------------------------------------------------- classification
+
+
+def predictive_from_samples(log_probs: torch.Tensor) -> torch.Tensor:
+    """Mean predictive probabilities from per-sample log-probabilities.
+
+    Computes ``p(y | x) = (1/S) sum_s p_s(y | x)`` stably as
+    ``exp(logsumexp_s(log p_s) - log S)``.
+
+    Args:
+        log_probs: normalised log class probabilities, shape ``(samples, batch, classes)``
+            (e.g. ``logits.log_softmax(-1)`` for each of ``S`` posterior/MC samples).
+
+    Returns:
+        Probabilities of shape ``(batch, classes)``.
+
+    >>> lp = torch.tensor([[[0.9, 0.1]], [[0.5, 0.5]]]).log()  # 2 samples, 1 input
+    >>> predictive_from_samples(lp)
+    tensor([[0.7000, 0.3000]])
+    """
+    log_probs = _check_float("log_probs", log_probs)
+    if log_probs.ndim != 3:
+        raise ValueError(f"log_probs must have shape (samples, batch, classes), got {tuple(log_probs.shape)}")
+    if log_probs.shape[0] == 0:
+        raise ValueError("log_probs has 0 samples")
+    if log_probs.numel():
+        dev = float(torch.logsumexp(log_probs, dim=-1).abs().max())
+        if not dev <= _prob_tol(log_probs.dtype):  # also catches NaN
+            raise ValueError(
+                "log_probs must be normalised over classes (logsumexp over the last dim = 0); "
+                f"max |logsumexp| = {dev:.4g}. Apply .log_softmax(-1) to logits first"
+            )
+    s = log_probs.shape[0]
+    return torch.exp(torch.logsumexp(log_probs, dim=0) - math.log(s))
 
 
 def accuracy(probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Fraction of data whose most probable class is the label.
+    """Fraction of examples whose most probable class equals the label.
 
-    >>> accuracy(torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.tensor([0, 0]))
-    tensor(0.5000)
+    Args:
+        probs: class probabilities, shape ``(batch, classes)``.
+        y: integer labels, shape ``(batch,)``.
+
+    >>> probs = torch.tensor([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    >>> accuracy(probs, torch.tensor([0, 1, 1]))
+    tensor(0.6667)
     """
-    _check_probs(probs, y)
-    return (probs.argmax(-1) == y).to(probs.dtype).mean()
+    probs, y = _check_classification(probs, y)
+    return (probs.argmax(dim=1) == y).to(probs.dtype).mean()
 
 
-def nll(probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean negative log predictive probability of the labels.
+def nll(probs: torch.Tensor, y: torch.Tensor, eps: float | None = None) -> torch.Tensor:
+    """Mean negative log predictive probability of the true class (natural log).
 
-    >>> round(float(nll(torch.tensor([[0.5, 0.5]]), torch.tensor([1]))), 4)
-    0.6931
+    Args:
+        probs: class probabilities, shape ``(batch, classes)``.
+        y: integer labels, shape ``(batch,)``.
+        eps: probabilities are clamped to ``>= eps`` so a zero gives a large finite
+            loss instead of ``inf``; default ``torch.finfo(probs.dtype).eps``
+            (the same clipping as ``sklearn.metrics.log_loss``).
+
+    >>> probs = torch.tensor([[0.5, 0.5], [0.1, 0.9]])
+    >>> round(float(nll(probs, torch.tensor([0, 1]))), 4)  # -(ln 0.5 + ln 0.9) / 2
+    0.3993
     """
-    _check_probs(probs, y)
-    p = probs.gather(-1, y.long()[:, None])[:, 0]
-    return -torch.log(p.clamp_min(torch.finfo(p.dtype).tiny)).mean()
+    probs, y = _check_classification(probs, y)
+    eps = torch.finfo(probs.dtype).eps if eps is None else eps
+    p_true = probs.gather(1, y.unsqueeze(1)).squeeze(1)
+    return -p_true.clamp(min=eps).log().mean()
 
 
 def brier(probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean over data of the summed squared error to the one-hot label.
+    """Multi-class Brier score: mean over examples of ``sum_k (p_k - [y = k])^2``.
 
-    >>> brier(torch.tensor([[1.0, 0.0]]), torch.tensor([1]))
-    tensor(2.)
+    Ranges over ``[0, 2]``. For two classes it is twice scikit-learn's binary
+    ``brier_score_loss`` (which scores the positive class only).
+
+    Args:
+        probs: class probabilities, shape ``(batch, classes)``.
+        y: integer labels, shape ``(batch,)``.
+
+    >>> probs = torch.tensor([[0.8, 0.2], [0.3, 0.7]])
+    >>> round(float(brier(probs, torch.tensor([0, 0]))), 4)  # (0.08 + 0.98) / 2
+    0.53
     """
-    _check_probs(probs, y)
-    onehot = torch.nn.functional.one_hot(y.long(), probs.shape[-1]).to(probs.dtype)
-    return (probs - onehot).pow(2).sum(-1).mean()
+    probs, y = _check_classification(probs, y)
+    one_hot = torch.nn.functional.one_hot(y, probs.shape[1]).to(probs.dtype)
+    return (probs - one_hot).pow(2).sum(dim=1).mean()
 
 
 def expected_calibration_error(probs: torch.Tensor, y: torch.Tensor, n_bins: int = 15) -> torch.Tensor:
-    """ECE with ``n_bins`` equal-width confidence bins, weighted by bin counts.
+    """Expected calibration error of the top-class confidence (Guo et al., 2017).
 
-    >>> expected_calibration_error(torch.tensor([[0.8, 0.2], [0.8, 0.2]]), torch.tensor([0, 1]))
-    tensor(0.3000)
+    Confidences ``max_k p_k`` fall into ``n_bins`` equal-width bins ``(i/n, (i+1)/n]``
+    (a confidence of exactly 0 goes into the first bin);
+    ``ECE = sum_b (n_b / N) |accuracy_b - mean confidence_b|``.
+
+    Args:
+        probs: class probabilities, shape ``(batch, classes)``.
+        y: integer labels, shape ``(batch,)``.
+        n_bins: number of bins, ``>= 1``.
+
+    >>> probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.4, 0.6]])
+    >>> # the 0.9s share a bin (accuracy 1/2), so do the 0.6s: (2 * 0.4 + 2 * 0.1) / 4
+    >>> round(float(expected_calibration_error(probs, torch.tensor([0, 1, 0, 0]))), 4)
+    0.25
     """
-    _check_probs(probs, y)
-    if not isinstance(n_bins, int) or n_bins < 1:
+    probs, y = _check_classification(probs, y)
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
         raise ValueError(f"n_bins must be a positive int, got {n_bins!r}")
-    conf, pred = probs.max(-1)
+    conf, pred = probs.max(dim=1)
     correct = (pred == y).to(probs.dtype)
-    # Bin i holds confidences in (i/n, (i+1)/n]; confidence 1 lands in the last bin.
-    bins = (torch.ceil(conf * n_bins).long() - 1).clamp(0, n_bins - 1)
-    count = torch.bincount(bins, minlength=n_bins).to(probs.dtype)
-    gap = torch.bincount(bins, conf - correct, minlength=n_bins).abs()
-    return gap.sum() / count.sum().clamp_min(1)
+    inner = torch.linspace(0, 1, n_bins + 1, dtype=probs.dtype, device=probs.device)[1:-1]
+    # right=False: bin i holds inner[i-1] < conf <= inner[i], i.e. right-closed bins.
+    bins = torch.bucketize(conf, inner, right=False)
+    counts = torch.zeros(n_bins, dtype=probs.dtype, device=probs.device)
+    counts.index_add_(0, bins, torch.ones_like(conf))
+    conf_sum = torch.zeros_like(counts).index_add_(0, bins, conf)
+    correct_sum = torch.zeros_like(counts).index_add_(0, bins, correct)
+    # |sum correct - sum conf| / N per bin == (n_b / N) |acc_b - conf_b|; empty bins give 0.
+    return (correct_sum - conf_sum).abs().sum() / conf.shape[0]
 
 
-def _check_regression(mean: object, y: object) -> None:
-    for name, t in (("mean", mean), ("y", y)):
-        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got {getattr(t, 'dtype', type(t))}")
-    if mean.shape != y.shape:
-        raise ValueError(f"mean and y must have the same shape, got {tuple(mean.shape)} and {tuple(y.shape)}")
+def classification_metrics(probs: torch.Tensor, y: torch.Tensor, n_bins: int = 15) -> dict[str, float]:
+    """All classification metrics as Python floats: accuracy, nll, brier, ece.
+
+    >>> m = classification_metrics(torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.tensor([0, 1]))
+    >>> sorted(m), m["accuracy"]
+    (['accuracy', 'brier', 'ece', 'nll'], 1.0)
+    """
+    return {
+        "accuracy": float(accuracy(probs, y)),
+        "nll": float(nll(probs, y)),
+        "brier": float(brier(probs, y)),
+        "ece": float(expected_calibration_error(probs, y, n_bins=n_bins)),
+    }
+
+
+# ------------------------------------------------------------------------ regression
 
 
 def rmse(mean: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Root mean squared error.
+    """Root mean squared error over all elements.
 
-    >>> rmse(torch.tensor([1.0, 3.0]), torch.tensor([0.0, 0.0]))
-    tensor(2.2361)
+    Args:
+        mean: predictions (e.g. predictive mean), same shape as ``y``: ``(batch,)``
+            or ``(batch, outputs)``.
+        y: targets.
+
+    >>> rmse(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 2.0, 5.0]))
+    tensor(1.1547)
     """
-    _check_regression(mean, y)
+    y = _check_float("y", y)
+    mean = _check_same("mean", mean, y)
+    if y.numel() == 0:
+        raise ValueError("y is empty; RMSE over 0 examples is undefined")
     return (mean - y).pow(2).mean().sqrt()
 
 
 def gaussian_nll(mean: torch.Tensor, var: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean negative Gaussian log-likelihood ``-log N(y; mean, var)``.
+    """Mean negative log-likelihood of ``y`` under ``Normal(mean, sqrt(var))``.
 
-    >>> round(float(gaussian_nll(torch.zeros(1), torch.ones(1), torch.zeros(1))), 4)
-    0.9189
+    ``0.5 * (log(2 pi var) + (y - mean)^2 / var)`` averaged over all elements, in nats.
+
+    Args:
+        mean: predictive mean, same shape as ``y``.
+        var: predictive variance (> 0), same shape as ``y``.
+        y: targets, shape ``(batch,)`` or ``(batch, outputs)``.
+
+    >>> m, v, y = torch.zeros(2), torch.ones(2), torch.tensor([0.0, 2.0])
+    >>> round(float(gaussian_nll(m, v, y)), 4)  # 0.5 ln(2 pi) + (0 + 4) / 4
+    1.9189
     """
-    _check_regression(mean, y)
-    if var.shape != y.shape:
-        raise ValueError(f"var must have shape {tuple(y.shape)}, got {tuple(var.shape)}")
-    if bool((var <= 0).any()):
-        raise ValueError("var must be positive")
-    return (0.5 * (math.log(2 * math.pi) + var.log() + (y - mean).pow(2) / var)).mean()
+    y = _check_float("y", y)
+    mean = _check_same("mean", mean, y)
+    var = _check_same("var", var, y)
+    if y.numel() == 0:
+        raise ValueError("y is empty; the NLL over 0 examples is undefined")
+    if not bool((var > 0).all()):
+        raise ValueError(f"var must be > 0 everywhere, found min {float(var.min()):.4g}")
+    return 0.5 * (torch.log(2 * math.pi * var) + (y - mean).pow(2) / var).mean()
 
 
-def predictive_from_samples(log_probs: torch.Tensor) -> torch.Tensor:
-    """Mean predictive probabilities from per-sample log-probabilities ``(S, batch, classes)``.
+def regression_metrics(mean: torch.Tensor, var: torch.Tensor | None, y: torch.Tensor) -> dict[str, float]:
+    """RMSE and (when ``var`` is given) Gaussian NLL as Python floats.
 
-    >>> predictive_from_samples(torch.log(torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])))
-    tensor([[0.5000, 0.5000]])
+    >>> regression_metrics(torch.zeros(2), None, torch.tensor([3.0, -3.0]))
+    {'rmse': 3.0}
     """
-    if not isinstance(log_probs, torch.Tensor) or log_probs.dim() != 3:
-        got = getattr(log_probs, "shape", None)
-        raise ValueError(f"log_probs must be (samples, batch, classes), got {got}")
-    return torch.logsumexp(log_probs, 0).sub(math.log(log_probs.shape[0])).exp()
+    out = {"rmse": float(rmse(mean, y))}
+    if var is not None:
+        out["nll"] = float(gaussian_nll(mean, var, y))
+    return out
