@@ -40,6 +40,7 @@ from pyrocg.structured.semirings import LogSemiring, Semiring
 __all__ = [
     "choose_method",
     "crf_log_partition",
+    "crf_viterbi",
     "edge_mask",
     "entropy",
     "forward_messages",
@@ -428,6 +429,36 @@ def entropy(
     return log_z - expected
 
 
+def _backtrack(
+    alphas: list[torch.Tensor], pointers: list[torch.Tensor], lengths: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Score and path from forward max-messages and backpointers (see :func:`viterbi`)."""
+    alpha = alphas[-1]
+    batch, c = alpha.shape
+    identity = torch.arange(c, device=alpha.device).expand(batch, c)
+    maps = torch.stack([*pointers, identity], dim=1)
+    n = maps.shape[1]
+    if lengths is not None:
+        # no masking in the forward loop: read each chain at its own last node and replace
+        # the backpointers past it by the identity map
+        lengths = lengths.to(alpha.device)
+        index = (lengths - 1).view(-1, 1, 1).expand(-1, 1, c)
+        alpha = torch.stack(alphas, 1).gather(1, index).squeeze(1)
+        past_end = torch.arange(n, device=alpha.device) >= (lengths[:, None] - 1)
+        maps = torch.where(past_end[..., None], identity.unsqueeze(1), maps)
+    score, last = alpha.max(dim=-1, keepdim=True)
+    # maps[:, m] sends the state of node m+1 to the best state of node m. Pointer doubling:
+    # after round k, maps[:, m] sends node min(m + 2^k, N-1) to node m, so log2(N) vectorised
+    # gathers replace N sequential ones. The identity tail makes every hop in range.
+    buf = torch.cat([maps, identity.unsqueeze(1).expand(batch, n, c)], dim=1)
+    hop = 1
+    while hop < n:
+        buf[:, :n] = buf[:, :n].gather(-1, buf[:, hop : hop + n])
+        hop *= 2
+    path = buf[:, :n].gather(-1, last.unsqueeze(1).expand(batch, n, 1)).squeeze(-1)
+    return score.squeeze(-1), path
+
+
 def viterbi(
     edges: torch.Tensor,
     lengths: torch.Tensor | None = None,
@@ -440,34 +471,31 @@ def viterbi(
     """
     with torch.no_grad():
         alpha = _init_or_one(init, edges)
-        batch, c = alpha.shape
-        # No masking in the loop: each chain's result is read at its own last node, and
-        # the backpointers past it are replaced by the identity map afterwards.
         alphas, pointers = [alpha], []
         for step in edges.unbind(1):
             alpha, best_prev = (alpha.unsqueeze(-1) + step).max(dim=-2)
             alphas.append(alpha)
             pointers.append(best_prev)
-        identity = torch.arange(c, device=alpha.device).expand(batch, 1, c)
-        maps = torch.stack(pointers + [identity[:, 0]], dim=1)
-        if lengths is not None:
-            lengths = lengths.to(alpha.device)
-            alpha = torch.stack(alphas, 1).gather(1, (lengths - 1).view(-1, 1, 1).expand(-1, 1, c))
-            alpha = alpha.squeeze(1)
-            past_end = torch.arange(maps.shape[1], device=alpha.device) >= (lengths[:, None] - 1)
-            maps = torch.where(past_end[..., None], identity, maps)
-        score, last = alpha.max(dim=-1, keepdim=True)
-        # maps[:, n] sends the state of node n+1 to the best state of node n. Backtracking by
-        # pointer doubling: after round k, maps[:, n] sends node min(n + 2^k, N-1) to node n.
-        # log2(N) vectorised gathers instead of N sequential ones.
-        n = maps.shape[1]
-        hop = 1
-        while hop < n:
-            ahead = torch.cat([maps[:, hop:], identity.expand(batch, hop, c)], dim=1)
-            maps = maps.gather(-1, ahead)
-            hop *= 2
-        path = maps.gather(-1, last.unsqueeze(1).expand(batch, n, 1)).squeeze(-1)
-    return score.squeeze(-1), path
+        return _backtrack(alphas, pointers, lengths)
+
+
+def crf_viterbi(
+    unary: torch.Tensor, transitions: torch.Tensor, lengths: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`viterbi` for edges ``transitions[i, j] + unary[n+1, j]``, without building them.
+
+    :param unary: ``(batch, N, C)`` (start/end folded in); :param transitions: ``(C, C)``.
+    :returns: score ``(batch,)`` and path ``(batch, N)`` as :func:`viterbi`.
+    """
+    with torch.no_grad():
+        alpha = unary[:, 0]
+        alphas, pointers = [alpha], []
+        for u in unary[:, 1:].unbind(1):
+            best, best_prev = (alpha.unsqueeze(-1) + transitions).max(dim=-2)
+            alpha = best + u
+            alphas.append(alpha)
+            pointers.append(best_prev)
+        return _backtrack(alphas, pointers, lengths)
 
 
 def sample(

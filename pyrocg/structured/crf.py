@@ -239,8 +239,12 @@ class LinearChainCRF(TorchDistribution):
     @lazy_property
     def argmax(self) -> torch.Tensor:
         """Most probable tag sequence (Viterbi) ``(batch, length)`` long; padding is 0."""
-        init, edges = self._potentials
-        _, path = chain.viterbi(edges.detach(), self._flat_lengths(), init.detach())
+        if self.transitions.dim() == 2:
+            unary = self._node_potentials.detach()
+            _, path = chain.crf_viterbi(unary, self.transitions.detach(), self._flat_lengths())
+        else:
+            init, edges = self._potentials
+            _, path = chain.viterbi(edges.detach(), self._flat_lengths(), init.detach())
         return self._unflatten(self._zero_padding(path), (self.unary.shape[-2],))
 
     @property
