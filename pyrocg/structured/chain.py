@@ -495,14 +495,16 @@ def crf_viterbi(
     """
     with torch.no_grad():
         batch, n, c = unary.shape
-        alpha = unary[:, 0]
-        trans = transitions.unsqueeze(1)  # (C_from, 1, C_to)
+        # states-major layout (C, B): the step tensor is (C_from, C_to, B), contiguous, and
+        # the reduction runs over its outermost dimension
+        unary_t = unary.permute(1, 2, 0).contiguous()  # (N, C, B)
+        trans = transitions.unsqueeze(-1).contiguous()  # (C_from, C_to, 1)
+        alpha = unary_t[0]
         alphas = [alpha]
-        for u in unary[:, 1:].unbind(1):
-            # (C_from, B, C_to): reduce over the outermost dimension
-            alpha = (alpha.T.unsqueeze(-1) + trans).amax(0) + u
+        for u in unary_t[1:].unbind(0):
+            alpha = (alpha.unsqueeze(1) + trans).amax(0) + u
             alphas.append(alpha)
-        alphas = torch.stack(alphas, 1)
+        alphas = torch.stack(alphas, 0).permute(2, 0, 1).contiguous()  # (B, N, C)
         pos = torch.arange(n, device=unary.device)
         shift = None
         if lengths is not None:
