@@ -102,9 +102,9 @@ def test_mc_dropout_guide_agrees_with_chain_graph_dropout_nodes():
     assert torch.allclose(cg_out, w_out, atol=1e-6)
 
 
-def test_vectorised_predictive_equals_loop_of_single_passes():
-    data = toy_data()
-    net = models.mlp(5, [16, 16], 3, dropout=0.3)
+def test_vectorised_predictive_equals_loop_of_single_passes(device):
+    data = toy_data(device=device)
+    net = models.mlp(5, [16, 16], 3, dropout=0.3).to(device)
     model = infer.CGModel(net, infer.Categorical(len(data.train)), mode="mc-dropout")
     x, y = data.test.x, data.test.y
     with poutine.trace() as tr:
@@ -123,7 +123,8 @@ def test_vectorised_predictive_equals_loop_of_single_passes():
     # Chunking changes nothing but memory: same shapes, same statistics family.
     chunked = infer.predict(model, x, y, num_samples=9, chunk_size=4)
     assert chunked.outputs.shape == pred.outputs.shape
-    assert torch.allclose(chunked.mean.sum(-1), torch.ones(len(y)))
+    assert torch.allclose(chunked.mean.sum(-1), torch.ones(len(y), device=device))
+    assert pred.outputs.device.type == device.type
 
 
 def test_deterministic_modes_predict_once_and_match_feedforward():
@@ -141,15 +142,15 @@ def _params(model):
 
 
 @pytest.mark.parametrize("mode", ["pcff", "mc-dropout"])
-def test_resume_after_interrupt_gives_identical_parameters(tmp_path, mode):
-    data = toy_data()
+def test_resume_after_interrupt_gives_identical_parameters(tmp_path, mode, device):
+    data = toy_data(device=device)
     cfg = dict(batch_size=16, optimizer="sgd", lr=0.05, milestones=(2,), eval_samples=3,
                progress=False)
 
     def make():
         torch.manual_seed(123)
         return infer.CGModel(models.mlp(5, [12], 3, dropout=0.2 if "dropout" in mode else 0.0),
-                             infer.Categorical(len(data.train)), mode=mode, rate=0.4)
+                             infer.Categorical(len(data.train)), mode=mode, rate=0.4).to(device)
 
     full = make()
     hist_full = infer.fit(full, data, infer.TrainConfig(epochs=4, **cfg))
@@ -185,10 +186,10 @@ def test_nan_loss_stops_cleanly_with_last_good_checkpoint_kept(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # no torn temporary files left behind
 
 
-def test_bayes_mode_trains_and_has_predictive_spread():
-    data = toy_data()
+def test_bayes_mode_trains_and_has_predictive_spread(device):
+    data = toy_data(device=device)
     model = infer.CGModel(models.mlp(5, [16], 3), infer.Categorical(len(data.train)), mode="bayes",
-                          prior=infer.GaussianPrior(1.0, biases=True))
+                          prior=infer.GaussianPrior(1.0, biases=True)).to(device)
     hist = infer.fit(model, data, infer.TrainConfig(epochs=15, batch_size=32, lr=0.02,
                                                     eval_samples=5, progress=False))
     assert hist[-1]["loss"] < hist[0]["loss"]
