@@ -59,6 +59,9 @@ _CPU_SCAN_MIN_STEPS = 512
 _CPU_SCAN_MAX_STATES = 8
 _CPU_SCAN_MAX_WORK = 2**24  # batch * steps * C**3 elements materialised by the first level
 _GPU_SCAN_MIN_STEPS = 32
+# crf_viterbi: backpointers + pointer doubling beyond this length for few states (measured)
+_VITERBI_DOUBLING_MIN_LENGTH = 256
+_VITERBI_DOUBLING_MAX_STATES = 12
 _GPU_SCAN_MAX_WORK = 2**28
 
 
@@ -501,6 +504,16 @@ def crf_viterbi(
         trans = transitions.unsqueeze(-1).contiguous()  # (C_from, C_to, 1)
         alpha = unary_t[0]
         alphas = [alpha]
+        if n > _VITERBI_DOUBLING_MIN_LENGTH and c <= _VITERBI_DOUBLING_MAX_STATES:
+            # long chains, few states: backpointers cost little here, and pointer doubling
+            # then replaces the N-step backtracking loop
+            pointers = []
+            for u in unary_t[1:].unbind(0):
+                best, best_prev = (alpha.unsqueeze(1) + trans).max(0)
+                alpha = best + u
+                alphas.append(alpha)
+                pointers.append(best_prev)
+            return _backtrack([a.T for a in alphas], [p.T for p in pointers], lengths)
         for u in unary_t[1:].unbind(0):
             alpha = (alpha.unsqueeze(1) + trans).amax(0) + u
             alphas.append(alpha)

@@ -333,13 +333,14 @@ def test_factored_crf_pass_matches_generic(scale, dtype):
         assert torch.allclose(got, want, **tol)
 
 
-def test_factored_viterbi_matches_generic():
+@pytest.mark.parametrize("length", [40, 300])  # backtracking loop / pointer doubling
+def test_factored_viterbi_matches_generic(length):
     g = torch.Generator().manual_seed(7)
-    unary = torch.randn(5, 40, 4, generator=g)
+    unary = torch.randn(5, length, 4, generator=g)
     trans = torch.randn(4, 4, generator=g)
-    lengths = torch.tensor([40, 17, 1, 2, 39])
+    lengths = torch.tensor([length, 17, 1, 2, length - 1])
     want = chain.viterbi(trans + unary[:, 1:, None, :], lengths, unary[:, 0])
     got = chain.crf_viterbi(unary, trans, lengths)
     assert torch.allclose(got[0], want[0])
-    valid = torch.arange(40) < lengths[:, None]
+    valid = torch.arange(length) < lengths[:, None]
     assert torch.equal(got[1][valid], want[1][valid])
