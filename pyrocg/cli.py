@@ -154,7 +154,8 @@ def cmd_demo(args) -> int:
         model = build_model(spec, data).to(device)
         lr = 1e-2 if name == "bayes" else 1e-3
         config = infer.TrainConfig(epochs=args.epochs, batch_size=64, lr=lr, seed=args.seed,
-                                   eval_samples=args.samples, progress=not args.quiet)
+                                   eval_samples=min(args.samples, 10), progress=not args.quiet,
+                                   log_epochs=False)
         t0 = time.perf_counter()
         infer.fit(model, data, config)
         seconds = time.perf_counter() - t0
@@ -216,7 +217,8 @@ def cmd_demo_crf(args) -> int:
             net, lik = _crf_task(task, variant == "crf", len(data.train))
             model = infer.CGModel(net, lik, args.mode, rate=0.2).to(device)
             config = infer.TrainConfig(epochs=args.epochs, batch_size=32, lr=3e-3, seed=args.seed,
-                                       eval_samples=args.samples, progress=not args.quiet)
+                                       eval_samples=min(args.samples, 10),
+                                       progress=not args.quiet, log_epochs=False)
             t0 = time.perf_counter()
             infer.fit(model, data, config)
             res = infer.evaluate(model, data.test.x, data.test.y, args.samples)

@@ -34,6 +34,8 @@ class TrainConfig:
     :ivar optimizer: ``"adam"`` or ``"sgd"`` (with ``momentum``).
     :ivar milestones: epochs at which the learning rate is multiplied by ``gamma``.
     :ivar eval_samples: stochastic passes per validation prediction.
+    :ivar progress: show a progress bar over each epoch's mini-batches.
+    :ivar log_epochs: print a summary line after each epoch (with ``progress``).
     """
 
     epochs: int = 10
@@ -46,6 +48,7 @@ class TrainConfig:
     seed: int = 0
     eval_samples: int = 20
     progress: bool = True
+    log_epochs: bool = True
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -187,7 +190,7 @@ def fit(
                 model, data.val.x, data.val.y, config.eval_samples).items()})
             model.train()
         history.append(record)
-        if config.progress and main:
+        if config.progress and config.log_epochs and main:
             shown = ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch")
             tqdm.write(f"epoch {epoch + 1}/{config.epochs}: {shown}")
         if checkpoint is not None and main:
