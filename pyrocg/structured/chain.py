@@ -244,7 +244,7 @@ class _FactoredForwardBackward(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad, _unused=None):
+    def backward(ctx, grad):
         probs, eu, et, norms, lengths = ctx.saved_tensors
         batch, n, c = probs.shape
         pos = torch.arange(n, device=probs.device)
@@ -504,19 +504,20 @@ def crf_viterbi(
         trans = transitions.unsqueeze(-1).contiguous()  # (C_from, C_to, 1)
         alpha = unary_t[0]
         alphas = [alpha]
-        if n > _VITERBI_DOUBLING_MIN_LENGTH and c <= _VITERBI_DOUBLING_MAX_STATES:
-            # long chains, few states: backpointers cost little here, and pointer doubling
-            # then replaces the N-step backtracking loop
-            pointers = []
-            for u in unary_t[1:].unbind(0):
-                best, best_prev = (alpha.unsqueeze(1) + trans).max(0)
-                alpha = best + u
-                alphas.append(alpha)
-                pointers.append(best_prev)
-            return _backtrack([a.T for a in alphas], [p.T for p in pointers], lengths)
         for u in unary_t[1:].unbind(0):
             alpha = (alpha.unsqueeze(1) + trans).amax(0) + u
             alphas.append(alpha)
+        if n > _VITERBI_DOUBLING_MIN_LENGTH and c <= _VITERBI_DOUBLING_MAX_STATES:
+            # long chains, few states: all backpointers in one vectorised (C, N, C, B)
+            # reduction, then pointer doubling replaces the N-step backtracking loop
+            stacked = torch.stack(alphas, 0)  # (N, C, B)
+            scores = stacked[:-1].transpose(0, 1).unsqueeze(2) + trans.unsqueeze(1)
+            pointers = scores.max(0).indices  # (N-1, C_to, B)
+            return _backtrack(
+                list(stacked.transpose(1, 2).unbind(0)),
+                list(pointers.transpose(1, 2).unbind(0)),
+                lengths,
+            )
         alphas = torch.stack(alphas, 0).permute(2, 0, 1).contiguous()  # (B, N, C)
         pos = torch.arange(n, device=unary.device)
         shift = None

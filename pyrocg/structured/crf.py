@@ -143,7 +143,7 @@ class LinearChainCRF(TorchDistribution):
     def support(self) -> constraints.Constraint:
         return constraints.independent(constraints.integer_interval(0, self.num_tags - 1), 1)
 
-    def expand(self, batch_shape, _instance=None) -> LinearChainCRF:  # noqa: D102
+    def expand(self, batch_shape, _instance=None) -> LinearChainCRF:
         batch_shape = torch.Size(batch_shape)
         length, num_tags = self.unary.shape[-2:]
         transitions = self.transitions
