@@ -3,11 +3,37 @@
 Write a network once as a chain graph of random variables with explicit ``pyro.sample``
 sites (:mod:`pyrocg.layers`, :mod:`pyrocg.models`), then run it as a deterministic network,
 with PCFF, MC dropout or ancestral sampling by wrapping it in a handler
-(:mod:`pyrocg.handlers`).
+(:mod:`pyrocg.handlers`); train and predict with :mod:`pyrocg.infer`; put CRF output layers
+on it with :mod:`pyrocg.structured`.
 """
 
-from . import handlers, layers, models, nodes
+from . import (
+    data,
+    diagnostics,
+    handlers,
+    infer,
+    layers,
+    metrics,
+    models,
+    nodes,
+    reference,
+    structured,
+    tasks,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["handlers", "layers", "models", "nodes", "__version__"]
+__all__ = [
+    "data",
+    "diagnostics",
+    "handlers",
+    "infer",
+    "layers",
+    "metrics",
+    "models",
+    "nodes",
+    "reference",
+    "structured",
+    "tasks",
+    "__version__",
+]
