@@ -149,3 +149,28 @@ def test_state_dict_round_trip_and_to_device(device):
 def test_bad_input(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_expanded_inputs_are_computed_once_and_match_materialised_copies():
+    from pyrocg.layers.base import broadcast_apply
+
+    calls = []
+
+    def fn(rows):
+        calls.append(rows.shape)
+        return rows * 2
+
+    x = torch.randn(3, 4)
+    out = broadcast_apply(fn, x.expand(5, 3, 4), 1)
+    assert calls == [(1, 3, 4)] and out.shape == (5, 3, 4)
+    # Networks give the same outputs and gradients on expanded and on materialised copies.
+    for net in (models.mlp(4, [6], 2, dropout=0.3), models.cnn(image_size=8)):
+        xi = torch.randn(3, 4) if isinstance(net[0], layers.Dense) else torch.rand(3, 1, 8, 8)
+        with handlers.feedforward():
+            a = net(xi.expand((5,) + xi.shape))
+            b = net(xi.repeat((5,) + (1,) * xi.dim()))
+        assert torch.allclose(a, b, atol=1e-6)
+        ga = torch.autograd.grad(a.sum(), list(net.parameters()))
+        gb = torch.autograd.grad(b.sum(), list(net.parameters()))
+        for u, v in zip(ga, gb, strict=True):
+            assert torch.allclose(u, v, atol=1e-4)

@@ -18,7 +18,15 @@ from torch import nn
 
 from ..nodes import CGNode, resolve_node
 
-__all__ = ["CGLayer", "ROLE_KEY", "NODE_ROLE", "DROPOUT_ROLE", "make_norm", "check_input"]
+__all__ = [
+    "CGLayer",
+    "ROLE_KEY",
+    "NODE_ROLE",
+    "DROPOUT_ROLE",
+    "make_norm",
+    "check_input",
+    "broadcast_apply",
+]
 
 #: Key in a sample site's ``infer`` dict that marks chain-graph sites, and its values.
 ROLE_KEY = "pyrocg"
@@ -59,6 +67,22 @@ def check_input(x: object, layer: str, min_dim: int, features: tuple[int | None,
             f"{layer}: expected input of shape (..., {', '.join(map(str, want))}), "
             f"got {tuple(x.shape)}"
         )
+
+
+def broadcast_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                    unit_dims: int) -> torch.Tensor:
+    """``fn(x)`` where ``fn`` maps each row of units independently, computed once per distinct
+    row: leading dims that are stride-0 expansions (``x.expand(T, ...)`` for T MC passes)
+    are copies, so ``fn`` runs on one copy and the result is expanded back (a view; autograd
+    sums gradients over the copies). Before the first random site of a network every pass
+    is identical, so this removes T-fold redundant work there."""
+    lead = x.dim() - unit_dims
+    copies = [d for d in range(lead) if x.stride(d) == 0 and x.shape[d] > 1]
+    if not copies:
+        return fn(x)
+    index = tuple(slice(0, 1) if d in copies else slice(None) for d in range(lead))
+    y = fn(x[index])
+    return y.expand(x.shape[:lead] + y.shape[lead:])
 
 
 class CGLayer(PyroModule):

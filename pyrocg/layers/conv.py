@@ -6,7 +6,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from .base import CGLayer, check_input, make_norm
+from .base import CGLayer, broadcast_apply, check_input, make_norm
 
 __all__ = ["Conv1d", "Conv2d"]
 
@@ -49,11 +49,14 @@ class _ConvNd(CGLayer):
     def energy(self, x: torch.Tensor) -> torch.Tensor:
         n = self.unit_dims
         check_input(x, self.site_name, n + 1, (self.in_channels,) + (None,) * (n - 1))
-        lead = x.shape[:-n]
-        e = self.conv(x.reshape((-1,) + x.shape[-n:]))
-        if self.norm is not None:
-            e = self.norm(e)
-        return e.reshape(lead + e.shape[1:])
+        def conv(rows: torch.Tensor) -> torch.Tensor:
+            e = self.conv(rows.reshape((-1,) + rows.shape[-n:]))
+            return e.reshape(rows.shape[:-n] + e.shape[1:])
+
+        if self.norm is not None:  # batch statistics see every row, copies included
+            e = conv(x)
+            return self.norm(e.reshape((-1,) + e.shape[-n:])).reshape(e.shape)
+        return broadcast_apply(conv, x, n)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.emit(self.energy(x))

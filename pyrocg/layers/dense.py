@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import CGLayer, check_input, make_norm
+from .base import CGLayer, broadcast_apply, check_input, make_norm
 
 __all__ = ["Dense"]
 
@@ -63,10 +63,10 @@ class Dense(CGLayer):
 
     def energy(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.site_name, 1, (self.in_features,))
-        e = F.linear(x, self.weight, self.bias)
-        if self.norm is not None:
-            e = self.norm(e.reshape(-1, self.out_features)).reshape(e.shape)
-        return e
+        if self.norm is not None:  # batch statistics see every row, copies included
+            e = F.linear(x, self.weight, self.bias)
+            return self.norm(e.reshape(-1, self.out_features)).reshape(e.shape)
+        return broadcast_apply(lambda rows: F.linear(rows, self.weight, self.bias), x, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.emit(self.energy(x))
