@@ -202,3 +202,57 @@ def test_handlers_ignore_non_cg_sites():
         model()
     assert not tr.trace.nodes["z"]["is_observed"]
     assert isinstance(layers.Dense(2, 2), pyro.nn.PyroModule)
+
+
+@pytest.mark.parametrize("mode", ["mc_dropout", "pcff"])
+def test_plates_outside_the_handler_get_independent_draws(mode, device):
+    """A plate wrapped around a handled model (vectorised ELBO particles, parallel
+    Predictive) gives each of its members its own draw, as a plate inside the model does."""
+    net = models.mlp(6, [16, 16], 3, node="gaussian", dropout=0.5).to(device)
+    x = torch.randn(4, 6, device=device)
+    handler = handlers.mc_dropout if mode == "mc_dropout" else lambda: handlers.pcff(0.5)
+
+    def model(x):
+        with pyro.plate("data", 4, dim=-1):
+            return net(x)
+
+    with poutine.trace() as tr, pyro.plate("particles", 7, dim=-2), handler():
+        out = model(x)
+    assert out.shape == (7, 4, 3)
+    assert out.std(0).min() > 0
+    site = "drop1" if mode == "mc_dropout" else "hidden1"
+    assert tr.trace.nodes[site]["value"].shape == (7, 4, 16)
+    # Inside or outside: the same distribution of outputs (same mean within MC error).
+    pyro.set_rng_seed(0)
+    with pyro.plate("particles", 4000, dim=-2), handler():
+        outer = model(x)
+    with handler():
+        inner = pyro.plate("particles", 4000, dim=-2)(model)(x.expand(4000, 4, 6))
+    se = ((outer.var(0) + inner.var(0)) / 4000).sqrt()
+    assert ((outer.mean(0) - inner.mean(0)).abs() <= 5 * se + 1e-6).all()
+
+
+def test_parallel_predictive_and_vectorised_particles():
+    torch.manual_seed(0)
+    net = models.mlp(2, [16], 2, dropout=0.3)
+    x = torch.randn(64, 2)
+    y = (x[:, 0] > 0).long()
+
+    def model(x, y=None):
+        pyro.module("net", net)
+        with pyro.plate("data", x.shape[0]):
+            logits = net(x)
+            pyro.deterministic("probs", logits.softmax(-1), event_dim=1)
+            return pyro.sample("y", dist.Categorical(logits=logits), obs=y)
+
+    mc = handlers.mc_dropout(model)
+    with torch.no_grad():
+        probs = pyro.infer.Predictive(mc, num_samples=30, parallel=True,
+                                      return_sites=["probs"])(x)["probs"]
+    assert probs.shape == (30, 64, 2)
+    assert probs.std(0).min() > 0  # one mask per predictive sample, not one shared mask
+    elbo = pyro.infer.Trace_ELBO(num_particles=8, vectorize_particles=True, max_plate_nesting=1)
+    svi = pyro.infer.SVI(handlers.pcff(model, 0.3), lambda x, y: None,
+                         pyro.optim.Adam({"lr": 0.05}), elbo)
+    losses = [svi.step(x, y) for _ in range(60)]  # filterwarnings=error: any warning fails
+    assert losses[-1] < 0.5 * losses[0]

@@ -256,3 +256,8 @@ def test_bad_labels_and_features():
         model.loss(torch.randn(4, 6), torch.tensor([0, 1, 2, 1]))
     with pytest.raises(ValueError, match="num_samples"):
         infer.predict(model, torch.randn(4, 5), num_samples=0)
+    mc = infer.CGModel(models.mlp(5, [4], 3, dropout=0.5), infer.Categorical(10), "mc-dropout")
+    with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+        infer.predict(mc, torch.randn(4, 5), num_samples=3, chunk_size=0)
+    with pytest.raises(ValueError, match="memory_budget must be a positive int"):
+        infer.predict(mc, torch.randn(4, 5), num_samples=3, memory_budget=2.5)

@@ -193,3 +193,29 @@ def test_support_validation():
 def test_bad_input(make, exc, match):
     with pytest.raises(exc, match=match):
         make()
+
+
+@pytest.mark.parametrize("p", [0.5, 0.3, torch.tensor(0.5), torch.tensor([0.1, 0.5, 0.9])])
+def test_fast_bernoulli_is_unbiased_and_independent(p, device):
+    """The CPU fast paths (one random bit per element for p = 1/2, uniform comparison
+    otherwise) match the target probability per element and show no bit-position bias or
+    correlation between neighbours, within 4 standard errors."""
+    from pyrocg.nodes._random import bernoulli
+
+    torch.manual_seed(0)
+    shape = (4000, 64, 3)
+    x = bernoulli(p, torch.Size(shape), torch.float32, device)
+    assert x.shape == shape and x.dtype == torch.float32 and x.device.type == device.type
+    assert set(x.unique().tolist()) <= {0.0, 1.0}
+    pt = torch.as_tensor(p, dtype=torch.float64).expand(3)
+    n = 4000 * 64
+    per_elem = x.double().mean((0, 1))
+    assert ((per_elem - pt).abs() <= 4 * (pt * (1 - pt) / n).sqrt()).all()
+    # Each of the 64 positions of a word: its own frequency is right.
+    by_pos = x[..., 0].double().mean(0)
+    se = math.sqrt(float(pt[0] * (1 - pt[0])) / 4000)
+    assert (by_pos - pt[0]).abs().max() <= 4.5 * se
+    # Neighbouring elements (same word) are uncorrelated.
+    flat = x[..., 0].reshape(-1).double()
+    c = torch.corrcoef(torch.stack([flat[:-1], flat[1:]]))[0, 1]
+    assert abs(float(c)) <= 4 / math.sqrt(flat.numel())

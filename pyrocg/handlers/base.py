@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.plate_messenger import PlateMessenger
+from pyro.poutine.runtime import _PYRO_STACK
 
 from ..layers.base import ROLE_KEY
 from ..nodes import CGNode
@@ -31,6 +33,26 @@ def node_of(fn) -> CGNode:
     while not isinstance(fn, CGNode):
         fn = fn.base_dist
     return fn
+
+
+def _broadcast_to_outer_plates(handler: Messenger, fn):
+    """Expand ``fn`` over the vectorised plates *outside* ``handler``.
+
+    Those plates broadcast a site only after the handler has run (Pyro processes the stack
+    from the inside out), yet the handler draws the value. Without this, a plate wrapped
+    around the model — ``Trace_ELBO(vectorize_particles=True)``, ``Predictive(parallel=True)``
+    — would get one draw shared by all its members instead of independent ones.
+    """
+    shape = list(fn.batch_shape)
+    for frame in _PYRO_STACK:
+        if frame is handler:
+            break
+        if isinstance(frame, PlateMessenger) and frame.dim is not None:
+            if -frame.dim > len(shape):
+                shape = [1] * (-frame.dim - len(shape)) + shape
+            if shape[frame.dim] == 1:
+                shape[frame.dim] = frame.subsample_size
+    return fn if tuple(shape) == tuple(fn.batch_shape) else fn.expand(shape)
 
 
 class CGMessenger(Messenger):
@@ -55,6 +77,7 @@ class CGMessenger(Messenger):
         else:
             # Draw exactly as Pyro's default would (rsample where there is one), so that a
             # fully sampled site reproduces the unhandled model under the same seed.
+            msg["fn"] = _broadcast_to_outer_plates(self, msg["fn"])
             value = msg["fn"](*msg["args"], **msg["kwargs"])
             if action != SAMPLE:
                 ff = node_of(msg["fn"]).feedforward.expand(value.shape)

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import constraints
 
+from ._random import bernoulli
 from .base import CGNode, check_energy
 
 __all__ = ["BinaryNode", "ESTIMATORS"]
@@ -127,8 +128,9 @@ class BinaryNode(CGNode):
             # One energy broadcast over the layer (dropout masks): draw from a 0-dim
             # probability instead of materialising a full probability tensor first.
             p = torch.sigmoid((self.high - self.low) * e.reshape(-1)[0].detach())
-            return torch.empty(shape, dtype=e.dtype, device=e.device).bernoulli_(p)
-        return torch.bernoulli(self.probs.detach().expand(shape))
+        else:
+            p = self.probs.detach()
+        return bernoulli(p, shape, e.dtype, e.device)
 
     def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
         with torch.no_grad():
@@ -142,7 +144,7 @@ class BinaryNode(CGNode):
         shape = self._extended_shape(sample_shape)
         if self.estimator == "straight_through":
             p = self.probs.expand(shape)
-            bits = torch.bernoulli(p.detach()) + (p - p.detach())
+            bits = bernoulli(p, shape, p.dtype, p.device) + (p - p.detach())
         else:  # binary concrete: sigmoid((logit + logistic noise) / temperature)
             u = torch.rand(shape, dtype=self.energy.dtype, device=self.energy.device)
             u = u.clamp(torch.finfo(u.dtype).tiny, 1 - torch.finfo(u.dtype).eps)
