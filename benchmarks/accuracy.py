@@ -31,6 +31,7 @@ from _common import machine, print_table, write_json  # noqa: E402
 from pyrocg import infer, models  # noqa: E402
 from pyrocg.data import load_digits, load_fashion_mnist  # noqa: E402
 
+MODES = ("feedforward", "pcff", "dropout", "mc-dropout", "bayes")
 COLUMNS = ["mode", "setting", "best", "val_acc", "accuracy", "nll", "ece", "brier", "train_s", "eval_s"]
 
 
@@ -60,7 +61,7 @@ def run(dataset: str, data, mode: str, args, rate: float = 0.5, p: float = 0.0):
     net = make_net(dataset, data, p)
     prior = infer.GaussianPrior(args.prior_scale, biases=True) if mode == "bayes" else None
     model = infer.CGModel(net, infer.Categorical(len(data.train)), mode, rate=rate,
-                          prior=prior)
+                          prior=prior).to(data.device)
     t0 = time.perf_counter()
     history = infer.fit(model, data, config_for(dataset, mode, args))
     seconds = time.perf_counter() - t0
@@ -86,51 +87,60 @@ def bench(dataset: str, data, args) -> list[dict]:
               f"({row['train_s']:.0f}s + {row['eval_s']:.0f}s)", flush=True)
         rows.append(row)
 
-    model, val, s = run(dataset, data, "feedforward", args)
-    log(test_row(model, data, "feedforward", "", val, s, 1))
+    modes = set(args.modes)
+    if "feedforward" in modes:
+        model, val, s = run(dataset, data, "feedforward", args)
+        log(test_row(model, data, "feedforward", "", val, s, 1))
 
-    best_pcff = None
-    for rate in args.rates:
-        model, val, s = run(dataset, data, "pcff", args, rate=rate)
-        log(test_row(model, data, "pcff", f"rate={rate}", val, s, 1))
-        if best_pcff is None or val["accuracy"] > best_pcff[0]:
-            best_pcff = (val["accuracy"], rows[-1])
-    best_pcff[1]["best"] = "*"
+    if "pcff" in modes:
+        best_pcff = None
+        for rate in args.rates:
+            model, val, s = run(dataset, data, "pcff", args, rate=rate)
+            log(test_row(model, data, "pcff", f"rate={rate}", val, s, 1))
+            if best_pcff is None or val["accuracy"] > best_pcff[0]:
+                best_pcff = (val["accuracy"], rows[-1])
+        best_pcff[1]["best"] = "*"
 
-    best_drop = None
-    for p in args.ps:
-        model, val, s = run(dataset, data, "dropout", args, p=p)
-        log(test_row(model, data, "dropout", f"p={p}", val, s, 1))
-        if best_drop is None or val["accuracy"] > best_drop[0]:
-            best_drop = (val["accuracy"], rows[-1], model, p, s, val)
-    best_drop[1]["best"] = "*"
-    # MC dropout = the same training as dropout; only prediction differs (T sampled masks).
-    _, _, dropped, p, s, _ = best_drop
-    mc = infer.CGModel(dropped.net, dropped.likelihood, "mc-dropout")
-    log(test_row(mc, data, "mc-dropout", f"p={p}", {}, s, samples))
+    if modes & {"dropout", "mc-dropout"}:
+        best_drop = None
+        for p in args.ps:
+            model, val, s = run(dataset, data, "dropout", args, p=p)
+            log(test_row(model, data, "dropout", f"p={p}", val, s, 1))
+            if best_drop is None or val["accuracy"] > best_drop[0]:
+                best_drop = (val["accuracy"], rows[-1], model, p, s, val)
+        best_drop[1]["best"] = "*"
+        # MC dropout = the same training as dropout; only prediction differs (T masks).
+        _, _, dropped, p, s, _ = best_drop
+        mc = infer.CGModel(dropped.net, dropped.likelihood, "mc-dropout")
+        log(test_row(mc, data, "mc-dropout", f"p={p}", {}, s, samples))
 
-    model, val, s = run(dataset, data, "bayes", args)
-    log(test_row(model, data, "bayes", f"s={args.prior_scale}", val, s, samples))
+    if "bayes" in modes:
+        model, val, s = run(dataset, data, "bayes", args)
+        log(test_row(model, data, "bayes", f"s={args.prior_scale}", val, s, samples))
     return rows
 
 
 def goals(dataset: str, rows: list[dict], target: float) -> list[str]:
+    """The issue's goals that this run's modes allow to check."""
     by = {r["mode"]: r for r in rows if r["mode"] in ("feedforward", "mc-dropout", "bayes")}
-    pcff = next(r for r in rows if r["mode"] == "pcff" and r.get("best"))
-    drop = next(r for r in rows if r["mode"] == "dropout" and r.get("best"))
-    ff, mc = by["feedforward"], by["mc-dropout"]
+    pcff = next((r for r in rows if r["mode"] == "pcff" and r.get("best")), None)
+    drop = next((r for r in rows if r["mode"] == "dropout" and r.get("best")), None)
+    ff, mc = by.get("feedforward"), by.get("mc-dropout")
     ok = lambda c: "met" if c else "MISSED"  # noqa: E731
-    return [
-        f"{dataset}: feed-forward accuracy {ff['accuracy']:.4f} >= {target}: "
-        f"{ok(ff['accuracy'] >= target)}",
-        f"{dataset}: mc-dropout NLL {mc['nll']:.4f} < feed-forward {ff['nll']:.4f}: "
-        f"{ok(mc['nll'] < ff['nll'])}",
-        f"{dataset}: mc-dropout ECE {mc['ece']:.4f} < feed-forward {ff['ece']:.4f}: "
-        f"{ok(mc['ece'] < ff['ece'])}",
-        f"{dataset}: best pcff ({pcff['setting']}) accuracy {pcff['accuracy']:.4f} >= best "
-        f"dropout ({drop['setting']}) {drop['accuracy']:.4f}: "
-        f"{ok(pcff['accuracy'] >= drop['accuracy'])}",
-    ]
+    lines = []
+    if ff:
+        lines.append(f"{dataset}: feed-forward accuracy {ff['accuracy']:.4f} >= {target}: "
+                     f"{ok(ff['accuracy'] >= target)}")
+    if ff and mc:
+        lines += [f"{dataset}: mc-dropout NLL {mc['nll']:.4f} < feed-forward {ff['nll']:.4f}: "
+                  f"{ok(mc['nll'] < ff['nll'])}",
+                  f"{dataset}: mc-dropout ECE {mc['ece']:.4f} < feed-forward {ff['ece']:.4f}: "
+                  f"{ok(mc['ece'] < ff['ece'])}"]
+    if pcff and drop:
+        lines.append(f"{dataset}: best pcff ({pcff['setting']}) accuracy {pcff['accuracy']:.4f} "
+                     f">= best dropout ({drop['setting']}) {drop['accuracy']:.4f}: "
+                     f"{ok(pcff['accuracy'] >= drop['accuracy'])}")
+    return lines
 
 
 def main(argv=None):
@@ -145,6 +155,8 @@ def main(argv=None):
                     help="Fashion-MNIST training images to keep (default: all 55,000)")
     ap.add_argument("--data-dir", default=None, help="Fashion-MNIST directory (default: the "
                     "Debian location of pyrocg.data.fashion_mnist)")
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES,
+                    help="modes to run (mc-dropout reuses the best dropout training)")
     ap.add_argument("--rates", nargs="+", type=float, default=[0.1, 0.3, 0.5])
     ap.add_argument("--ps", nargs="+", type=float, default=[0.1, 0.3, 0.5])
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -156,20 +168,21 @@ def main(argv=None):
                     help="test passes T of stochastic modes on Fashion-MNIST")
     ap.add_argument("--val-samples", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.quick:
         args.digits_epochs = args.fashion_epochs = 2
         args.limit = args.limit or 3000
         args.digits_samples = args.fashion_samples = args.val_samples = 5
-    device = torch.device("cpu")
+    device = torch.device(args.device)
     t_start = time.perf_counter()
     results, lines = {}, []
     for dataset in args.datasets:
         if dataset == "digits":
-            data = load_digits(seed=args.seed)
+            data = load_digits(device, seed=args.seed)
         else:
-            data = load_fashion_mnist(args.data_dir, limit=args.limit, seed=args.seed)
+            data = load_fashion_mnist(args.data_dir, device, limit=args.limit, seed=args.seed)
         print(f"{data}", flush=True)
         rows = bench(dataset, data, args)
         results[dataset] = rows

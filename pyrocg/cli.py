@@ -41,7 +41,8 @@ def build_model(spec: dict, data) -> infer.CGModel:
     prior = infer.GaussianPrior.from_weight_decay(wd, n) if wd > 0 else None
     if spec["mode"] == "bayes":
         prior = infer.GaussianPrior(spec.get("prior_scale", 1.0), biases=True)
-    return infer.CGModel(net, lik, spec["mode"], rate=spec["rate"], prior=prior)
+    return infer.CGModel(net, lik, spec["mode"], rate=spec["rate"], prior=prior,
+                         local_reparam=spec["mode"] == "bayes" and spec.get("local_reparam", False))
 
 
 def _reshape_for(spec: dict, data):
@@ -92,7 +93,7 @@ def _config(args) -> infer.TrainConfig:
 def cmd_train(args) -> int:
     spec = {k: getattr(args, k) for k in (
         "dataset", "model", "mode", "rate", "p", "seed", "data_dir", "limit", "table", "target",
-        "weight_decay")}
+        "weight_decay", "local_reparam")}
     device = torch.device(args.device)
     if args.distributed:
         device = infer.distributed.init_from_env(device)
@@ -263,6 +264,8 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--mode", choices=MODE_NAMES, default="feedforward")
     t.add_argument("--rate", type=float, default=0.3, help="PCFF sampling rate in [0, 1]")
     t.add_argument("--p", type=float, default=0.2, help="dropout probability in [0, 1)")
+    t.add_argument("--local-reparam", action="store_true",
+                   help="--mode bayes: sample energies per datum instead of weights per batch")
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")

@@ -24,6 +24,18 @@ def test_train_checkpoint_evaluate_round_trip(tmp_path, capsys):
     assert "accuracy=" in capsys.readouterr().out
 
 
+def test_train_bayes_with_local_reparametrisation_round_trip(tmp_path):
+    ck, out = tmp_path / "bayes.pt", tmp_path / "bayes.json"
+    assert main(["train", "--mode", "bayes", "--local-reparam", "--epochs", "4", "--lr", "0.01",
+                 "--samples", "10", "--quiet", "--checkpoint", str(ck), "--json", str(out)]) == 0
+    trained = json.loads(out.read_text())["test"]
+    assert trained["accuracy"] > 0.8
+    ev = tmp_path / "eval.json"
+    assert main(["evaluate", "--checkpoint", str(ck), "--samples", "10", "--json", str(ev),
+                 "--quiet"]) == 0
+    assert abs(json.loads(ev.read_text())["test"]["accuracy"] - trained["accuracy"]) < 0.05
+
+
 def test_resume_continues_to_more_epochs(tmp_path):
     ck = tmp_path / "run.pt"
     args = ["train", "--epochs", "1", "--quiet", "--checkpoint", str(ck), "--samples", "2"]

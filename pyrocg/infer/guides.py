@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -9,7 +11,8 @@ import torch.nn.functional as F
 from pyro.nn import PyroModule
 from torch import nn
 
-from ..layers import Dense
+from ..layers import Conv1d, Conv2d, Dense
+from ..layers.reparam import GaussianWeights
 
 __all__ = ["DropoutWeightGuide", "MeanFieldNormalGuide"]
 
@@ -98,6 +101,47 @@ class MeanFieldNormalGuide(nn.Module):
 
     def scale(self, name: str) -> torch.Tensor:
         return F.softplus(self.rhos[self._key(name)])
+
+    def kl(self, prior_scale: float) -> torch.Tensor:
+        """``KL(q || p)`` in closed form for the prior ``N(0, prior_scale^2)`` on each weight."""
+        total = 0.0
+        for name in self.names:
+            loc, scale = self.locs[self._key(name)], self.scale(name)
+            total = total + (math.log(prior_scale) - scale.log()
+                             + (scale.pow(2) + loc.pow(2)) / (2 * prior_scale**2) - 0.5).sum()
+        return total
+
+    def gaussian_weights(self, net: nn.Module) -> dict[nn.Module, GaussianWeights]:
+        """The guide's weights per owning module, for :func:`pyrocg.layers.reparam`.
+
+        :raises ValueError: when a random parameter is not the weight or bias of a
+            :class:`~pyrocg.layers.Dense` or ``Conv*`` layer (nothing else has a local
+            reparametrisation here).
+        """
+        owners = {id(m.conv): m for m in net.modules() if isinstance(m, (Conv1d, Conv2d))}
+        owners.update({id(m): m for m in net.modules() if isinstance(m, Dense)})
+        out: dict[nn.Module, GaussianWeights] = {}
+        bad = []
+        for name in self.names:
+            path, _, attr = name.rpartition(".")
+            module = net.get_submodule(path)
+            if id(module) not in owners or attr not in ("weight", "bias"):
+                bad.append(name)
+                continue
+            if module not in out:
+                out[module] = GaussianWeights(module.weight, None, module.bias, None)
+            loc, scale = self.locs[self._key(name)], self.scale(name)
+            if attr == "weight":
+                out[module].weight_loc, out[module].weight_scale = loc, scale
+            else:
+                out[module].bias_loc, out[module].bias_scale = loc, scale
+        if bad:
+            raise ValueError(f"local reparametrisation covers the weights and biases of Dense "
+                             f"and Conv layers only; these random parameters are not: {bad}")
+        for w in out.values():
+            if w.weight_scale is None:  # a random bias over a point-estimate weight
+                w.weight_scale = torch.zeros_like(w.weight_loc)
+        return out
 
     def forward(self, *args, **kwargs) -> dict[str, torch.Tensor]:
         out = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from numbers import Real
 
 import pyro
@@ -11,6 +12,7 @@ from pyro.infer import Trace_ELBO
 from torch import nn
 from torch.func import functional_call
 
+from ..layers.reparam import local_reparam
 from .guides import MeanFieldNormalGuide
 from .likelihoods import Likelihood
 from .modes import get_mode
@@ -30,6 +32,9 @@ class CGModel(nn.Module):
     :param prior: a :class:`GaussianPrior`: weight decay for point-estimate modes, the prior
         of the weights for ``"bayes"`` (default ``GaussianPrior(1.0)`` there).
     :param guide_init_scale: initial std of the mean-field Normal guide (``"bayes"``).
+    :param local_reparam: ``"bayes"`` only: sample each datum's energies instead of one weight
+        draw per mini-batch (:mod:`pyrocg.layers.reparam`), with the KL term in closed
+        form; lower-variance gradients, and prediction runs all passes at once.
 
     The objective (:meth:`loss`) is the negative ELBO divided by the data set size, so
     learning rates mean what they mean in plain PyTorch.
@@ -44,6 +49,7 @@ class CGModel(nn.Module):
         prior: GaussianPrior | None = None,
         guide_init_scale: float = 0.01,
         num_particles: int = 1,
+        local_reparam: bool = False,
     ):
         super().__init__()
         if not isinstance(likelihood, Likelihood):
@@ -57,11 +63,21 @@ class CGModel(nn.Module):
         self.net, self.likelihood = net, likelihood
         self.prior = prior
         self.elbo = Trace_ELBO(num_particles=num_particles)
+        if local_reparam and not self.mode.bayesian:
+            raise ValueError(f"local_reparam=True needs mode='bayes', got mode={mode!r}")
+        self.local_reparam = bool(local_reparam)
         if self.mode.bayesian:
             self.prior = prior or GaussianPrior(1.0)
             self.guide = MeanFieldNormalGuide(net, self.prior.names(net), guide_init_scale)
+            if self.local_reparam:
+                self.guide.gaussian_weights(net)  # fails now, not mid-training, if unsupported
         else:
             self.guide = None
+
+    def _weights_context(self):
+        if self.local_reparam:
+            return local_reparam(self.guide.gaussian_weights(self.net))
+        return contextlib.nullcontext()
 
     @property
     def dataset_size(self) -> int:
@@ -77,18 +93,22 @@ class CGModel(nn.Module):
         network under the mode's training handler and the observed labels, all node sites
         inside the data plate."""
         weights = None
-        if self.mode.bayesian:
+        if self.local_reparam:
+            # Analytic -KL(q || p): the weights are never drawn, each datum's energies are.
+            pyro.factor("weights_kl", -self.guide.kl(self.prior.scale))
+        elif self.mode.bayesian:
             weights = self.prior.sample(self.net)  # global sites, outside the data plate
         elif self.prior is not None:
             pyro.factor("weight_prior", self.prior.log_prob(self.net))
+
         def run(inputs):
-            with self.mode.train(self.rate):
+            with self.mode.train(self.rate), self._weights_context():
                 return self._run(inputs, weights)
 
         return self.likelihood.model(run, x, y)
 
     def _guide(self, x, y=None):
-        if self.guide is not None:
+        if self.guide is not None and not self.local_reparam:
             self.guide(x, y)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -103,7 +123,7 @@ class CGModel(nn.Module):
 
     def sample_weights(self, x: torch.Tensor) -> dict[str, torch.Tensor] | None:
         """One draw of the random weights from the guide (``None`` for point weights)."""
-        if self.guide is None:
+        if self.guide is None or self.local_reparam:
             return None
         with poutine.block():
             return self.guide(x)
@@ -112,5 +132,5 @@ class CGModel(nn.Module):
         self, x: torch.Tensor, weights: dict[str, torch.Tensor] | None = None
     ) -> torch.Tensor:
         """One prediction pass (any leading sample dims of ``x`` are vectorised passes)."""
-        with self.mode.predict(self.rate):
+        with self.mode.predict(self.rate), self._weights_context():
             return self.likelihood.output(lambda inputs: self._run(inputs, weights), x)

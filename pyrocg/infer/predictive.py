@@ -91,7 +91,7 @@ def predict(
     was_training = model.training
     model.eval()
     try:
-        if model.guide is not None:
+        if model.guide is not None and not model.local_reparam:
             # Random weights: one weight draw per pass (a Python loop over draws).
             outs = []
             for _ in range(num_samples):

@@ -9,6 +9,7 @@ from .dropout import Dropout
 from .indrnn import IndRNN
 from .pool import AvgPool2d, Flatten, GlobalAvgPool2d, MaxPool2d
 from .refine import RefineBlock
+from .reparam import GaussianWeights, local_reparam
 from .sequential import Sequential
 
 __all__ = [
@@ -26,6 +27,8 @@ __all__ = [
     "IndRNN",
     "Sequential",
     "ChainCRF",
+    "GaussianWeights",
+    "local_reparam",
     "ROLE_KEY",
     "NODE_ROLE",
     "DROPOUT_ROLE",

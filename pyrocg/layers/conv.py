@@ -7,6 +7,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from .base import CGLayer, broadcast_apply, check_input, make_norm
+from .reparam import gaussian_weights_of, sample_energy
 
 __all__ = ["Conv1d", "Conv2d"]
 
@@ -53,6 +54,16 @@ class _ConvNd(CGLayer):
             e = self.conv(rows.reshape((-1,) + rows.shape[-n:]))
             return e.reshape(rows.shape[:-n] + e.shape[1:])
 
+        gaussian = gaussian_weights_of(self.conv)
+        if gaussian is not None:  # Bayesian weights, local reparametrisation
+            def linear(rows, weight, bias):
+                e = self.conv._conv_forward(rows.reshape((-1,) + rows.shape[-n:]), weight, bias)
+                return e.reshape(rows.shape[:-n] + e.shape[1:])
+
+            e = sample_energy(linear, x, gaussian, n)
+            if self.norm is not None:
+                e = self.norm(e.reshape((-1,) + e.shape[-n:])).reshape(e.shape)
+            return e
         if self.norm is not None:  # batch statistics see every row, copies included
             e = conv(x)
             return self.norm(e.reshape((-1,) + e.shape[-n:])).reshape(e.shape)

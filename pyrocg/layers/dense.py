@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import CGLayer, broadcast_apply, check_input, make_norm
+from .reparam import gaussian_weights_of, sample_energy
 
 __all__ = ["Dense"]
 
@@ -63,6 +64,12 @@ class Dense(CGLayer):
 
     def energy(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.site_name, 1, (self.in_features,))
+        gaussian = gaussian_weights_of(self)
+        if gaussian is not None:  # Bayesian weights, local reparametrisation
+            e = sample_energy(F.linear, x, gaussian, 1)
+            if self.norm is not None:
+                e = self.norm(e.reshape(-1, self.out_features)).reshape(e.shape)
+            return e
         if self.norm is not None:  # batch statistics see every row, copies included
             e = F.linear(x, self.weight, self.bias)
             return self.norm(e.reshape(-1, self.out_features)).reshape(e.shape)
