@@ -31,7 +31,7 @@ from _common import machine, print_table, write_json  # noqa: E402
 from pyrocg import infer, models  # noqa: E402
 from pyrocg.data import load_digits, load_fashion_mnist  # noqa: E402
 
-MODES = ("feedforward", "pcff", "dropout", "mc-dropout", "bayes")
+MODES = ("feedforward", "pcff", "dropout", "mc-dropout", "bayes", "bayes-lrt")
 COLUMNS = ["mode", "setting", "best", "val_acc", "accuracy", "nll", "ece", "brier", "train_s", "eval_s"]
 
 
@@ -55,13 +55,14 @@ def config_for(dataset: str, mode: str, args) -> infer.TrainConfig:
                              progress=False)
 
 
-def run(dataset: str, data, mode: str, args, rate: float = 0.5, p: float = 0.0):
+def run(dataset: str, data, mode: str, args, rate: float = 0.5, p: float = 0.0,
+        local_reparam: bool = False):
     """Train one model; return (model, validation metrics of the last epoch, seconds)."""
     torch.manual_seed(args.seed)
     net = make_net(dataset, data, p)
     prior = infer.GaussianPrior(args.prior_scale, biases=True) if mode == "bayes" else None
     model = infer.CGModel(net, infer.Categorical(len(data.train)), mode, rate=rate,
-                          prior=prior).to(data.device)
+                          prior=prior, local_reparam=local_reparam).to(data.device)
     t0 = time.perf_counter()
     history = infer.fit(model, data, config_for(dataset, mode, args))
     seconds = time.perf_counter() - t0
@@ -117,6 +118,10 @@ def bench(dataset: str, data, args) -> list[dict]:
     if "bayes" in modes:
         model, val, s = run(dataset, data, "bayes", args)
         log(test_row(model, data, "bayes", f"s={args.prior_scale}", val, s, samples))
+
+    if "bayes-lrt" in modes:  # Bayesian weights with the local reparametrisation
+        model, val, s = run(dataset, data, "bayes", args, local_reparam=True)
+        log(test_row(model, data, "bayes-lrt", f"s={args.prior_scale}", val, s, samples))
     return rows
 
 

@@ -16,15 +16,13 @@ from torch.distributions.utils import lazy_property
 
 from pyrocg.structured import chain
 
+from ..nodes.base import check_energy
+
 __all__ = ["LinearChainCRF"]
 
 
 def _check_float(name: str, value: object) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if not value.is_floating_point():
-        raise TypeError(f"{name} must be a floating point tensor, got dtype {value.dtype}")
-    return value
+    return check_energy(value, name)
 
 
 class LinearChainCRF(TorchDistribution):

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nodes.base import check_energy
+
 __all__ = [
     "GridMeanFieldCRF",
     "MultiLabelMeanFieldCRF",
@@ -38,11 +40,7 @@ __all__ = [
 
 
 def _check_float(name: str, value: object) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if not value.is_floating_point():
-        raise TypeError(f"{name} must be a floating point tensor, got dtype {value.dtype}")
-    return value
+    return check_energy(value, name)
 
 
 def _check_iterations(num_iters: int, damping: float) -> None:
