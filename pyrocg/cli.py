@@ -9,6 +9,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
+import pyro
 import torch
 
 from . import infer, layers, models, structured, tasks
@@ -98,6 +99,7 @@ def cmd_train(args) -> int:
     if args.distributed:
         device = infer.distributed.init_from_env(device)
     data = _load(spec, device)
+    pyro.set_rng_seed(spec["seed"])  # initial weights depend on the seed only
     model = build_model(spec, data).to(device)
     t0 = time.perf_counter()
     history = infer.fit(model, data, _config(args), checkpoint=args.checkpoint, resume=args.resume)
@@ -124,6 +126,7 @@ def cmd_evaluate(args) -> int:
     spec = state["spec"]
     device = torch.device(args.device)
     data = _load(spec, device)
+    pyro.set_rng_seed(spec["seed"])  # initial weights depend on the seed only
     model = build_model(spec, data).to(device)
     model.initialize(data.train.x[:2], data.train.y[:2])
     model.load_state_dict(state["model"])
@@ -153,6 +156,7 @@ def cmd_demo(args) -> int:
         # The configuration of benchmarks/accuracy.py (see benchmarks/RESULTS.md).
         spec = {"dataset": "digits", "model": "mlp", "hidden": [512, 512], "seed": args.seed,
                 **extra}
+        pyro.set_rng_seed(args.seed)  # initial weights depend on the seed only
         model = build_model(spec, data).to(device)
         lr = 1e-2 if name == "bayes" else 1e-3
         # Adam; the learning rate drops 10x for the last quarter of the epochs.

@@ -79,3 +79,17 @@ def test_unknown_mode_is_rejected_by_the_parser(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--mode", "gibbs"])
     assert "invalid choice: 'gibbs'" in capsys.readouterr().err
+
+
+def test_train_is_reproducible_under_a_seed_whatever_ran_before(tmp_path):
+    import torch
+
+    outs = []
+    for i in range(2):
+        torch.rand(17)  # global RNG state differs between the two runs
+        out = tmp_path / f"run{i}.json"
+        assert main(["train", "--epochs", "2", "--quiet", "--seed", "3", "--json", str(out)]) == 0
+        outs.append(json.loads(out.read_text()))
+    strip = lambda d: {k: v for k, v in d.items() if k != "seconds"}  # noqa: E731
+    assert strip(outs[0]["test"]) == strip(outs[1]["test"])
+    assert outs[0]["history"][-1]["loss"] == outs[1]["history"][-1]["loss"]
