@@ -129,6 +129,12 @@ def test_unsupported_uses_give_clear_errors():
     rnn = layers.Sequential(layers.IndRNN(3, 4), layers.Dense(4, 2, node=None))
     with pytest.raises(ValueError, match="Dense and Conv layers only"):
         infer.CGModel(rnn, infer.Categorical(10), "bayes", local_reparam=True)
+    with pytest.raises(TypeError, match="mapping of modules to GaussianWeights"):
+        with local_reparam([net.hidden1]):
+            pass
+    with pytest.raises(TypeError, match="nn.Module to GaussianWeights, got Dense -> tuple"):
+        with local_reparam({net.hidden1: (1, 2)}):
+            pass
     # Handlers still act on the nodes above the sampled energies.
     model = infer.CGModel(net, infer.Categorical(10), "bayes", local_reparam=True)
     with handlers.feedforward():

@@ -111,23 +111,37 @@ class MeanFieldNormalGuide(nn.Module):
                              + (scale.pow(2) + loc.pow(2)) / (2 * prior_scale**2) - 0.5).sum()
         return total
 
+    def _owners(self, net: nn.Module) -> list[tuple[nn.Module, str, str]]:
+        """``(owning module, "weight" | "bias", name)`` per random parameter, checked once
+        per network (the walk over its modules stays out of the training step)."""
+        cached = getattr(self, "_owners_cache", None)
+        if cached is not None and cached[0] is net:
+            return cached[1]
+        owners = {id(m.conv) for m in net.modules() if isinstance(m, (Conv1d, Conv2d))}
+        owners |= {id(m) for m in net.modules() if isinstance(m, Dense)}
+        found, bad = [], []
+        for name in self.names:
+            path, _, attr = name.rpartition(".")
+            module = net.get_submodule(path)
+            if id(module) in owners and attr in ("weight", "bias"):
+                found.append((module, attr, name))
+            else:
+                bad.append(name)
+        if bad:
+            raise ValueError(f"local reparametrisation covers the weights and biases of Dense "
+                             f"and Conv layers only; these random parameters are not: {bad}")
+        self._owners_cache = (net, found)  # a tuple: not registered as a submodule
+        return found
+
     def gaussian_weights(self, net: nn.Module) -> dict[nn.Module, GaussianWeights]:
-        """The guide's weights per owning module, for :func:`pyrocg.layers.reparam`.
+        """The guide's weights per owning module, for :func:`pyrocg.layers.local_reparam`.
 
         :raises ValueError: when a random parameter is not the weight or bias of a
             :class:`~pyrocg.layers.Dense` or ``Conv*`` layer (nothing else has a local
             reparametrisation here).
         """
-        owners = {id(m.conv): m for m in net.modules() if isinstance(m, (Conv1d, Conv2d))}
-        owners.update({id(m): m for m in net.modules() if isinstance(m, Dense)})
         out: dict[nn.Module, GaussianWeights] = {}
-        bad = []
-        for name in self.names:
-            path, _, attr = name.rpartition(".")
-            module = net.get_submodule(path)
-            if id(module) not in owners or attr not in ("weight", "bias"):
-                bad.append(name)
-                continue
+        for module, attr, name in self._owners(net):
             if module not in out:
                 out[module] = GaussianWeights(module.weight, None, module.bias, None)
             loc, scale = self.locs[self._key(name)], self.scale(name)
@@ -135,9 +149,6 @@ class MeanFieldNormalGuide(nn.Module):
                 out[module].weight_loc, out[module].weight_scale = loc, scale
             else:
                 out[module].bias_loc, out[module].bias_scale = loc, scale
-        if bad:
-            raise ValueError(f"local reparametrisation covers the weights and biases of Dense "
-                             f"and Conv layers only; these random parameters are not: {bad}")
         for w in out.values():
             if w.weight_scale is None:  # a random bias over a point-estimate weight
                 w.weight_scale = torch.zeros_like(w.weight_loc)

@@ -22,8 +22,7 @@ __all__ = ["Prediction", "predict"]
 # near the caches is fastest (64 MiB of float32: T=100 passes of batch 32 in one chunk, 4
 # passes per chunk at batch 1000 for a 784-1024-1024-10 mlp); a GPU wants large chunks
 # (0.5 GiB).
-_DEFAULT_BUDGET = {"cpu": 2**24}
-_DEFAULT_BUDGET_ACCELERATOR = 2**27
+_CPU_BUDGET, _ACCELERATOR_BUDGET = 2**24, 2**27
 
 
 @dataclass
@@ -100,7 +99,8 @@ def predict(
         elif num_samples == 1:
             outputs = model.forward_predict(x).unsqueeze(0)
         else:
-            budget = memory_budget or _DEFAULT_BUDGET.get(x.device.type, _DEFAULT_BUDGET_ACCELERATOR)
+            budget = memory_budget or (
+                _CPU_BUDGET if x.device.type == "cpu" else _ACCELERATOR_BUDGET)
             size = chunk_size or _chunk_size(model, x, num_samples, budget)
             outputs = torch.cat([
                 model.forward_predict(x.expand((min(size, num_samples - t),) + x.shape))

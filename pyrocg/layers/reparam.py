@@ -49,6 +49,13 @@ def local_reparam(weights: Mapping[nn.Module, GaussianWeights]) -> Iterator[None
     Keys are the modules that own the parameters: a :class:`~pyrocg.layers.Dense` layer,
     or the ``.conv`` module of a ``Conv*`` layer.
     """
+    if not isinstance(weights, Mapping):
+        raise TypeError(f"weights must be a mapping of modules to GaussianWeights, got "
+                        f"{type(weights).__name__}")
+    for m, w in weights.items():
+        if not isinstance(m, nn.Module) or not isinstance(w, GaussianWeights):
+            raise TypeError(f"weights must map nn.Module to GaussianWeights, got "
+                            f"{type(m).__name__} -> {type(w).__name__}")
     token = _ACTIVE.set({id(m): w for m, w in weights.items()})
     try:
         yield
