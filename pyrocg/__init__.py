@@ -19,6 +19,7 @@ from . import (
     reference,
     structured,
     tasks,
+    validation,
 )
 
 __version__ = "0.1.0"
@@ -35,5 +36,6 @@ __all__ = [
     "reference",
     "structured",
     "tasks",
+    "validation",
     "__version__",
 ]
