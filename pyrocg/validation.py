@@ -10,10 +10,10 @@ once the data are known to be clean, or to study what a network does with such v
 >>> from pyrocg import validation
 >>> validation.is_validation_enabled()
 True
->>> validation.check_finite(torch.tensor([1.0, float("nan")]), "x")
+>>> validation.check_finite(torch.tensor([1.0, float("nan")]), "x")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-ValueError: x has 1 NaN and 0 infinite value(s) of 2 (first at index (1,)); clean the data, or switch the check off with pyrocg.validation.enable_validation(False)
+ValueError: x has 1 NaN and 0 infinite value(s) of 2 (first at index (1,)); clean the data, ...
 >>> with validation.validation_enabled(False):
 ...     validation.check_finite(torch.tensor([float("inf")]), "x")
 tensor([inf])
