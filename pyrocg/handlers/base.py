@@ -1,31 +1,48 @@
 """What every mode handler shares: finding chain-graph sites and setting their value.
 
 A handler acts only on unobserved sample sites that a pyrocg layer marked in its ``infer``
-dict, and only if no inner handler (``condition``, ``replay``, another mode) has already
-given the site a value: the innermost handler wins, observed sites and plate subsample sites
-are never touched.
+dict, and it leaves Pyro's semantics intact for everything around it:
+
+* a value given by an *inner* handler (``condition``, ``replay``, another mode) wins;
+* a value an *outer* Pyro handler will give — ``poutine.replay`` (including the guide
+  trace that ``Trace_ELBO`` replays the model against), ``poutine.condition``,
+  ``Predictive``'s posterior samples — wins too: the handler steps aside and the site is an
+  ordinary site, its node log-density counted, exactly as without the handler;
+* a site marked for enumeration (``infer={"enumerate": ...}``) is left to the enumerator;
+* observed sites and plate subsample sites are never touched.
 
 A site whose value the handler chooses becomes an observed site with ``mask=False`` — the
 same device as :func:`pyro.deterministic` — so it adds nothing to the log-density and SVI
 does not warn that the model has latent sites the guide lacks. That is exactly the PCFF
 training objective: the guide of the hidden nodes is the model's own conditional, so their
-log-density terms cancel.
+log-density terms cancel. Its distribution has no batch dimensions left (all are event
+dimensions, as for ``pyro.deterministic``), so a network run outside any ``pyro.plate`` is
+fine. Replaying such a trace from *outside* the handler reproduces its values.
 """
 
 from __future__ import annotations
 
 import torch
+from pyro.distributions.torch_distribution import MaskedDistribution
+from pyro.distributions.util import broadcast_shape
+from pyro.poutine.condition_messenger import ConditionMessenger
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.plate_messenger import PlateMessenger
+from pyro.poutine.replay_messenger import ReplayMessenger
 from pyro.poutine.runtime import _PYRO_STACK
 
 from ..layers.base import ROLE_KEY
 from ..nodes import CGNode
 
-__all__ = ["CGMessenger", "FEEDFORWARD", "SAMPLE", "node_of"]
+__all__ = ["CGMessenger", "FEEDFORWARD", "SAMPLE", "HANDLED_KEY", "node_of"]
 
 #: Actions a handler can take on a site.
 FEEDFORWARD, SAMPLE = "feedforward", "sample"
+
+#: Key set in the ``infer`` dict of a site whose value a mode handler chose.
+HANDLED_KEY = "pyrocg_handled"
+
+_STEP_ASIDE = object()
 
 
 def node_of(fn) -> CGNode:
@@ -55,6 +72,59 @@ def _broadcast_to_outer_plates(handler: Messenger, fn):
     return fn if tuple(shape) == tuple(fn.batch_shape) else fn.expand(shape)
 
 
+def _outer_value(handler: Messenger, msg):
+    """What the Pyro handlers *outside* ``handler`` will do with this site.
+
+    Returns ``None`` (nothing: the mode decides), ``_STEP_ASIDE`` (an outer ``replay`` or
+    ``condition`` gives the site its value: leave it an ordinary site) or a value (an outer
+    ``replay`` of a trace in which a mode handler chose this site's value: reproduce it).
+    The innermost of those handlers is the one whose value Pyro keeps.
+    """
+    name = msg["name"]
+    for frame in reversed(_PYRO_STACK[: _PYRO_STACK.index(handler)]):
+        if isinstance(frame, ReplayMessenger) and frame.trace is not None and name in frame.trace:
+            node = frame.trace.nodes[name]
+            if node["type"] == "sample" and node["is_observed"] and node["infer"].get(HANDLED_KEY):
+                return node["value"]
+            return _STEP_ASIDE
+        if isinstance(frame, ConditionMessenger) and name in frame.data:
+            return _STEP_ASIDE
+    return None
+
+
+def _deterministic_like(fn, plates):
+    """``fn`` as the distribution of a chosen, observed value that adds nothing: masked, and
+    with batch dimensions only where the plates already entered put them (as
+    :func:`pyro.deterministic` has), so the site demands no plate the user did not write.
+    Plates outside the handler expand it later, as they expand any site."""
+    dims = [f for f in plates if f.dim is not None]
+    shape = [1] * max((-f.dim for f in dims), default=0)
+    for f in dims:
+        shape[f.dim] = f.size
+    batch = fn.batch_shape
+    if not (len(batch) <= len(shape)
+            and all(b in (1, s) for b, s in zip(reversed(batch), reversed(shape), strict=False))):
+        fn = fn.to_event(len(batch))  # else every batch dim is a plate's already
+        if shape:
+            fn = fn.expand(shape)
+    return _NoDensity(fn)
+
+
+class _NoDensity(MaskedDistribution):
+    """``fn.mask(False)`` whose zero log-density has the value's dtype (Pyro's is float32,
+    which breaks float64 models under ``TraceEnum_ELBO``)."""
+
+    def __init__(self, base_dist):
+        super().__init__(base_dist, False)
+
+    def expand(self, batch_shape, _instance=None):
+        return super().expand(batch_shape, self._get_checked_instance(_NoDensity, _instance))
+
+    def log_prob(self, value):
+        shape = broadcast_shape(self.batch_shape, value.shape[: value.dim() - self.event_dim])
+        return value.new_zeros(()).expand(shape)
+
+
 class CGMessenger(Messenger):
     """Base class of the mode handlers; subclasses implement :meth:`choose`."""
 
@@ -66,23 +136,31 @@ class CGMessenger(Messenger):
     def _pyro_sample(self, msg) -> None:
         if msg["is_observed"] or msg["value"] is not None or msg.get("done"):
             return
-        role = (msg.get("infer") or {}).get(ROLE_KEY)
-        if role is None:
+        infer = msg.get("infer") or {}
+        role = infer.get(ROLE_KEY)
+        if role is None or infer.get("enumerate"):
             return
         action = self.choose(msg["name"], role)
         if action is None:
             return
-        if action == FEEDFORWARD:
-            value = node_of(msg["fn"]).feedforward
+        given = _outer_value(self, msg)
+        if given is _STEP_ASIDE:
+            return
+        fn = msg["fn"]
+        if given is not None:
+            value = given
+        elif action == FEEDFORWARD:
+            value = node_of(fn).feedforward
         else:
             # Draw exactly as Pyro's default would (rsample where there is one), so that a
             # fully sampled site reproduces the unhandled model under the same seed.
-            msg["fn"] = _broadcast_to_outer_plates(self, msg["fn"])
-            value = msg["fn"](*msg["args"], **msg["kwargs"])
+            fn = _broadcast_to_outer_plates(self, fn)
+            value = fn(*msg["args"], **msg["kwargs"])
             if action != SAMPLE:
-                ff = node_of(msg["fn"]).feedforward.expand(value.shape)
+                ff = node_of(fn).feedforward.expand(value.shape)
                 keep = torch.rand(value.shape, device=value.device) < action
                 value = torch.where(keep, value, ff)
         msg["value"] = value
         msg["is_observed"] = True
-        msg["fn"] = msg["fn"].mask(False)
+        msg["fn"] = _deterministic_like(fn, msg["cond_indep_stack"])
+        msg["infer"] = {**infer, HANDLED_KEY: True}

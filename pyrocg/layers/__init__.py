@@ -11,8 +11,11 @@ from .pool import AvgPool2d, Flatten, GlobalAvgPool2d, MaxPool2d
 from .refine import RefineBlock
 from .reparam import GaussianWeights, local_reparam
 from .sequential import Sequential
+from .site import MAX_JOINT_SUPPORT, LayerSite
 
 __all__ = [
+    "LayerSite",
+    "MAX_JOINT_SUPPORT",
     "CGLayer",
     "Dense",
     "Conv1d",

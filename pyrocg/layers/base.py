@@ -17,6 +17,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from ..nodes import CGNode, resolve_node
+from .site import site_distribution
 
 __all__ = [
     "CGLayer",
@@ -109,13 +110,9 @@ class CGLayer(PyroModule):
         """Emit the nodes with this energy as one sample site and return their value."""
         if self._node_factory is None:
             return energy
-        dist = self._node_factory(energy)
-        event_dims = self.unit_dims + len(dist.event_shape)
-        return pyro.sample(
-            name or self.site_name,
-            dist.to_event(event_dims - len(dist.event_shape)),
-            infer={ROLE_KEY: NODE_ROLE},
-        )
+        name = name or self.site_name
+        fn = site_distribution(self._node_factory(energy), self.unit_dims, name)
+        return pyro.sample(name, fn, infer={ROLE_KEY: NODE_ROLE})
 
     def extra_repr(self) -> str:
         return f"node={self.node!r}"
