@@ -16,8 +16,11 @@ with ancestral sampling, depending only on the handler around it::
     >>> mc = handlers.mc_dropout(net)(x.expand(10, 5, 4))  # 10 MC passes in one batch
 
 Each handler is a context manager, a decorator and a function wrapper; all compose with
-Pyro's own (``trace``, ``condition``, ``replay``, ``scale``, ``seed``, ``block``, ``plate``).
-The innermost handler that acts on a site decides its value. No handler = ancestral sampling.
+Pyro's own (``trace``, ``condition``, ``replay``, ``scale``, ``seed``, ``block``, ``plate``,
+guides, enumeration). A value that Pyro's ``replay``/``condition`` or a guide gives a site —
+inside or outside the mode handler — wins, with its log-density counted, exactly as for an
+ordinary site. No handler = ancestral sampling. Eval-mode dropout is ``feedforward()``;
+``marginalize_dropout()`` alone leaves the nodes sampled.
 """
 
 from __future__ import annotations
@@ -58,12 +61,7 @@ def _make_handler(cls: type[CGMessenger]):
         return cls(*args, **kwargs)
 
     handler.__doc__ = cls.__doc__
-    handler.__name__ = handler.__qualname__ = {
-        FeedForwardMessenger: "feedforward",
-        PCFFMessenger: "pcff",
-        MCDropoutMessenger: "mc_dropout",
-        MarginalizeDropoutMessenger: "marginalize_dropout",
-    }[cls]
+    handler.__name__ = handler.__qualname__ = cls.handler_name
     return handler
 
 

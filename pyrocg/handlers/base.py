@@ -128,6 +128,9 @@ class _NoDensity(MaskedDistribution):
 class CGMessenger(Messenger):
     """Base class of the mode handlers; subclasses implement :meth:`choose`."""
 
+    #: Name of the generated functional wrapper (:mod:`pyrocg.handlers`).
+    handler_name: str = ""
+
     def choose(self, name: str, role: str):
         """Return ``FEEDFORWARD``, ``SAMPLE``, a rate in ``(0, 1)`` (per-element PCFF mix),
         or ``None`` to leave the site alone."""

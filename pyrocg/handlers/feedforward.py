@@ -14,5 +14,7 @@ class FeedForwardMessenger(CGMessenger):
     (``torch.nn.Dropout`` in ``eval()``). No site adds to the log-density.
     """
 
+    handler_name = "feedforward"
+
     def choose(self, name, role):
         return FEEDFORWARD

@@ -32,6 +32,8 @@ class PCFFMessenger(CGMessenger):
         by default they are marginalised, so ``pcff(0)`` equals ``feedforward()``.
     """
 
+    handler_name = "pcff"
+
     def __init__(
         self,
         rate: float | Mapping[str, float] = 0.5,
