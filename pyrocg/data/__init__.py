@@ -14,7 +14,15 @@ from pyrocg.data.fashion_mnist import (
 )
 from pyrocg.data.idx import read_idx, write_idx
 from pyrocg.data.registry import DATASETS, load_dataset
-from pyrocg.data.splits import Batches, DataSplits, Split, Task, batches, split_indices
+from pyrocg.data.splits import (
+    Batches,
+    DataSplits,
+    Split,
+    Task,
+    batches,
+    check_device,
+    split_indices,
+)
 from pyrocg.data.table import load_table
 
 __all__ = [
@@ -26,6 +34,7 @@ __all__ = [
     "Split",
     "Task",
     "batches",
+    "check_device",
     "load_dataset",
     "load_digits",
     "load_fashion_mnist",

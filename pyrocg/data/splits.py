@@ -12,6 +12,7 @@ import torch
 
 __all__ = [
     "Batches",
+    "check_device",
     "DataSplits",
     "Split",
     "Task",
@@ -148,6 +149,45 @@ class DataSplits:
             feature_std=fs,
             feature_names=self.feature_names,
         )
+
+
+def check_device(device: torch.device | str | int, what: str = "device") -> torch.device:
+    """Parse ``device`` and check that this machine has it.
+
+    :param device: e.g. ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a :class:`torch.device`.
+    :param what: the argument's name in messages.
+    :returns: the :class:`torch.device`.
+    :raises TypeError: if ``device`` is not a str, int or torch.device.
+    :raises ValueError: if it is not a device name, or names a GPU this machine lacks.
+
+    >>> check_device("cpu")
+    device(type='cpu')
+    >>> check_device("gpu")
+    Traceback (most recent call last):
+    ...
+    ValueError: device='gpu' is not a device (use e.g. 'cpu', 'cuda' or 'cuda:1')
+    """
+    if isinstance(device, bool) or not isinstance(device, (str, int, torch.device)):
+        raise TypeError(f"{what} must be a str or torch.device, got {type(device).__name__}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(
+            f"{what}={device!r} is not a device (use e.g. 'cpu', 'cuda' or 'cuda:1')"
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"{what}={device!r}, but CUDA is not available on this machine (no GPU, or a "
+                "CPU-only build of torch); use 'cpu'"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"{what}={device!r}, but this machine has {torch.cuda.device_count()} GPU(s)"
+            )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{what}={device!r}, but MPS is not available on this machine; use 'cpu'")
+    return dev
 
 
 def _check_fraction(name: str, value: float) -> None:
