@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pyrocg.data.splits import DataSplits, Split, split_indices
+from pyrocg.data.splits import DataSplits, Split, check_device, split_indices
 
 __all__ = ["load_digits"]
 
@@ -39,6 +39,7 @@ def load_digits(
     >>> float(d.train.x.max())
     1.0
     """
+    device = check_device(device)
     try:
         from sklearn.datasets import load_digits as _sk_load_digits
     except ImportError as exc:  # pragma: no cover - sklearn is a dev dependency

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from pyrocg.data.idx import read_idx
-from pyrocg.data.splits import DataSplits, Split, split_indices
+from pyrocg.data.splits import DataSplits, Split, check_device, split_indices
 
 __all__ = [
     "DEFAULT_FASHION_MNIST_DIR",
@@ -113,6 +113,7 @@ def load_fashion_mnist(
         FileNotFoundError: if a file is missing (the message says how to get them).
         ValueError: on a corrupt or truncated file, or bad ``val_size``/``limit``.
     """
+    device = check_device(device)
     data_dir = DEFAULT_FASHION_MNIST_DIR if data_dir is None else Path(data_dir)
     paths = _find(data_dir)
     train_images, train_labels = _read_pair(paths["train_images"], paths["train_labels"])

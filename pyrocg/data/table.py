@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from pyrocg.data.splits import DataSplits, Split, split_indices
+from pyrocg.data.splits import DataSplits, Split, check_device, split_indices
 
 __all__ = ["load_table"]
 
@@ -28,21 +29,103 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text; binary files and other encodings are named with their line."""
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory, not a table file")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such table file")
+    raw = path.read_bytes()
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        line = raw.count(b"\n", 0, nul) + 1
+        raise ValueError(f"{path}: line {line}: a NUL byte; this is a binary file, not a text table")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ValueError(
+            f"{path}: line {line}: byte 0x{raw[exc.start]:02x} is not UTF-8; the file is binary "
+            "or in another encoding (e.g. latin-1): convert it to UTF-8, e.g. "
+            f"`iconv -f latin1 -t utf-8 {path.name}`"
+        ) from None
+
+
 def _read_rows(path: Path, delimiter: str | None) -> list[tuple[int, list[str]]]:
     """Rows as ``(line_number, fields)``, skipping blank lines and ``#`` comments."""
     rows: list[tuple[int, list[str]]] = []
-    with open(path, newline="") as f:
-        if delimiter is None:  # whitespace-separated
-            for lineno, line in enumerate(f, start=1):
-                if line.strip() and not line.lstrip().startswith("#"):
-                    rows.append((lineno, line.split()))
-        else:
-            reader = csv.reader(f, delimiter=delimiter)
+    f = io.StringIO(_read_text(path), newline="")
+    if delimiter is None:  # whitespace-separated
+        for lineno, line in enumerate(f, start=1):
+            if line.strip() and not line.lstrip().startswith("#"):
+                rows.append((lineno, line.split()))
+    else:
+        reader = csv.reader(f, delimiter=delimiter)
+        try:
             for fields in reader:
                 if not any(x.strip() for x in fields) or fields[0].lstrip().startswith("#"):
                     continue
                 rows.append((reader.line_num, [x.strip() for x in fields]))
+        except csv.Error as exc:
+            raise ValueError(f"{path}: line {reader.line_num}: {exc}") from None
     return rows
+
+
+def _check_names(names: list[str], target: str | int, path: Path, line: int) -> None:
+    seen: dict[str, list[int]] = {}
+    for c, name in enumerate(names):
+        seen.setdefault(name, []).append(c)
+    dup = {name: cols for name, cols in seen.items() if len(cols) > 1}
+    if isinstance(target, str) and target in dup:
+        raise ValueError(
+            f"{path}: line {line}: target {target!r} names {len(dup[target])} columns "
+            f"(indices {dup[target]}); rename all but one"
+        )
+    if dup:
+        listed = ", ".join(f"{name!r} (columns {cols})" for name, cols in dup.items())
+        raise ValueError(f"{path}: line {line}: duplicate column names {listed}; names must be unique")
+
+
+def _statistics(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and standard deviation of ``v`` (float64), safe up to float64's range.
+
+    Each column is divided by its largest absolute value first, so sums and squares cannot
+    overflow (values of 1e300 give finite statistics) and tiny values are not flushed to 0.
+    A constant column gets standard deviation 1 (centred only).
+    """
+    scale = np.abs(v).max(axis=0, initial=0.0)
+    scale = np.where(scale > 0, scale, 1.0)
+    u = v / scale
+    mu, sd = u.mean(axis=0), u.std(axis=0)
+    sd = np.where(sd > 0, sd, 1.0 / scale)  # constant column: centre only, avoid 0/0
+    return mu * scale, sd * scale
+
+
+def _apply(v: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = (v - mu) / sd
+        # v - mu can overflow for |v| near float64's maximum; dividing first cannot then.
+        return np.where(np.isfinite(out), out, v / sd - mu / sd)
+
+
+def _check_representable(v: np.ndarray, dtype: torch.dtype, names: list[str],
+                         standardized: bool, path: Path) -> None:
+    """Refuse values that become inf in ``dtype``, or 0 although non-zero; name the column."""
+    info = torch.finfo(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        size = np.abs(v)
+    for bad, kind in ((~np.isfinite(v), "are not finite after standardisation"),
+                      (size > info.max, f"overflow {dtype} (largest {info.max:.3g})"),
+                      ((v != 0) & (size < info.smallest_normal * info.eps),
+                       f"underflow to 0 in {dtype}")):
+        if bad.any():
+            j = int(np.flatnonzero(bad.any(axis=0))[0])
+            hint = ("rescale the column" if standardized
+                    else "load with standardize=True or dtype=torch.float64")
+            raise ValueError(
+                f"{path}: column {names[j]} has values that {kind}, e.g. "
+                f"{v[bad[:, j], j][0]:.6g}; {hint}"
+            )
 
 
 def _detect_header(rows: list[tuple[int, list[str]]]) -> bool:
@@ -110,13 +193,23 @@ def load_table(
         standardize: standardise features and regression target (train statistics).
         dtype: floating dtype of ``x`` (and of a regression ``y``).
 
+    Standardisation runs in float64 on columns first divided by their largest absolute
+    value, so values up to float64's range (e.g. ``1e300``) give finite results; statistics
+    that ``dtype`` cannot hold are kept in float64. Values that ``dtype`` would turn into inf
+    or 0 (``standardize=False``) are an error naming the column.
+
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        ValueError: empty table, ragged rows, missing target column, non-numeric or
-            non-finite feature values (the message names line and column), or a class
-            with fewer than 2 rows while held-out fractions are non-zero.
+        ValueError: every message names the file, and the line where there is one: a
+            directory, a binary or non-UTF-8 file, an empty table, ragged rows, duplicate
+            column names (or a target name used twice), a missing target column, non-numeric
+            or non-finite values, values ``dtype`` cannot represent, a class with fewer than 2
+            rows while held-out fractions are non-zero, or a ``device`` this machine lacks.
     """
     path = Path(path)
+    device = check_device(device)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     if task not in ("auto", "classification", "regression"):
         raise ValueError(f"task must be 'auto', 'classification' or 'regression', got {task!r}")
     if delimiter is None and path.suffix.lower() == ".csv":
@@ -126,6 +219,8 @@ def load_table(
         raise ValueError(f"{path}: table is empty")
     has_header = _detect_header(rows) if header is None else header
     names = rows[0][1] if has_header else None
+    if names is not None:
+        _check_names(names, target, path, rows[0][0])
     data = rows[1:] if has_header else rows
     if not data:
         raise ValueError(f"{path}: table has a header but no data rows")
@@ -206,16 +301,21 @@ def load_table(
     tr, va, te = split_indices(len(data), val_fraction, test_fraction, seed=seed, stratify=stratify)
     feature_mean = feature_std = None
     if standardize:
-        mu = x[tr].mean(axis=0)
-        sd = x[tr].std(axis=0)
-        sd = np.where(sd > 0, sd, 1.0)  # constant column: centre only, avoid 0/0
-        x = (x - mu) / sd
-        feature_mean = torch.as_tensor(mu, dtype=dtype, device=device)
-        feature_std = torch.as_tensor(sd, dtype=dtype, device=device)
+        # Training rows' statistics applied to every split, in float64 and overflow-safe.
+        mu, sd = _statistics(x[tr])
+        x = _apply(x, mu, sd)
+        # Statistics beyond dtype's range (e.g. 1e300 in float32) are kept in float64.
+        stat_dtype = dtype if np.abs(np.concatenate([mu, sd])).max(initial=0.0) <= torch.finfo(
+            dtype).max else torch.float64
+        feature_mean = torch.as_tensor(mu, dtype=stat_dtype, device=device)
+        feature_std = torch.as_tensor(sd, dtype=stat_dtype, device=device)
         if task == "regression":
-            target_mean = float(y[tr].mean())
-            target_std = float(y[tr].std()) or 1.0
-            y = (y - target_mean) / target_std
+            t_mu, t_sd = _statistics(y[tr][:, None])
+            target_mean, target_std = float(t_mu[0]), float(t_sd[0])
+            y = _apply(y[:, None], t_mu, t_sd)[:, 0]
+    _check_representable(x, dtype, [col_name(c) for c in feature_cols], standardize, path)
+    if task == "regression":
+        _check_representable(y[:, None], dtype, [col_name(t)], standardize, path)
 
     y_dtype = torch.int64 if task == "classification" else dtype
 
