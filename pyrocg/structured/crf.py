@@ -17,6 +17,7 @@ from torch.distributions.utils import lazy_property
 from pyrocg.structured import chain
 
 from ..nodes.base import check_energy
+from ..validation import is_validation_enabled
 
 __all__ = ["LinearChainCRF"]
 
@@ -38,7 +39,13 @@ class LinearChainCRF(TorchDistribution):
     :param lengths: ``(batch,)`` integer number of valid positions in ``[1, length]``;
         ``None`` means all positions are valid. Positions past a sequence's end are ignored:
         their tags are not scored, marginals there are zero and decoded/sampled tags are 0.
-    :param validate_args: check tag values in :meth:`log_prob` (shapes are always checked).
+    :param validate_args: check the potentials' values and the tags in :meth:`log_prob`
+        (shapes are always checked); ``None`` follows :mod:`pyrocg.validation` for the
+        potentials. Checked potentials must be finite or ``-inf`` (an impossible tag or
+        transition) at valid positions -- NaN or ``+inf`` there is a :class:`ValueError`,
+        while padding positions may hold anything, NaN included -- and must leave at least
+        one possible tag sequence (``log Z > -inf``), checked when ``log Z``, marginals,
+        Viterbi paths, samples or the entropy are computed.
     :param start: optional ``(tags,)`` log potentials of the first tag.
     :param end: optional ``(tags,)`` log potentials of the last valid tag.
 
@@ -65,7 +72,9 @@ class LinearChainCRF(TorchDistribution):
     torch.Size([5, 2])
     """
 
-    arg_constraints = {"unary": constraints.real, "transitions": constraints.real}
+    # Values are checked by _check_potentials (padding may hold NaN, which constraints.real
+    # would refuse), not by torch's argument validation.
+    arg_constraints: dict = {}
     has_enumerate_support = False
     has_rsample = False
 
@@ -135,7 +144,54 @@ class LinearChainCRF(TorchDistribution):
         self.start = start
         self.end = end
         self.num_tags = num_tags
+        self._check_values = is_validation_enabled() if validate_args is None else validate_args
+        if self._check_values:
+            self._check_potentials()
         super().__init__(batch_shape, torch.Size([length]), validate_args=validate_args)
+
+    def _check_potentials(self) -> None:
+        """NaN or +inf at a valid position is an error; padding may hold anything."""
+        length = self.unary.shape[-2]
+        valid = None
+        if self.lengths is not None:
+            valid = torch.arange(length, device=self.unary.device) < self.lengths.unsqueeze(-1)
+        checks = [("unary", self.unary, None if valid is None else valid.unsqueeze(-1))]
+        per_position = self.transitions.dim() > 2
+        edge_mask = None if valid is None or not per_position else valid[..., 1:, None, None]
+        checks.append(("transitions", self.transitions, edge_mask))
+        checks += [(name, t, None) for name, t in (("start", self.start), ("end", self.end))
+                   if t is not None]
+        for name, t, mask in checks:
+            bad = torch.isnan(t) | torch.isposinf(t)
+            if mask is not None:
+                bad = bad & mask
+            if bool(bad.any()):
+                index = tuple(bad.nonzero()[0].tolist())
+                where = " (a valid position)" if mask is not None else ""
+                raise ValueError(
+                    f"{name} holds {t[index].item()} at index {index}{where}; potentials must "
+                    "be finite or -inf (an impossible tag or transition)"
+                )
+
+    def _check_possible(self, log_z: torch.Tensor) -> None:
+        """Every path impossible (log Z = -inf), or an overflow (+inf/NaN), is an error."""
+        if not self._check_values:
+            return
+        log_z = log_z.detach()
+        if bool(torch.isfinite(log_z).all()):
+            return
+        impossible = torch.isneginf(log_z)
+        if bool(impossible.any()):
+            which = [tuple(i) for i in impossible.reshape(self.batch_shape).nonzero().tolist()][:5]
+            raise ValueError(
+                f"the potentials make every tag sequence impossible (log Z = -inf) for batch "
+                f"element(s) {which}: -inf transitions, start or end potentials (or unary "
+                "potentials) forbid every path"
+            )
+        raise ValueError(
+            f"log Z is {log_z[~torch.isfinite(log_z)][0].item()}: the potentials overflow "
+            f"{self.unary.dtype}; scale them down"
+        )
 
     @constraints.dependent_property(is_discrete=True, event_dim=1)
     def support(self) -> constraints.Constraint:
@@ -148,14 +204,16 @@ class LinearChainCRF(TorchDistribution):
         if transitions.dim() > 2:
             transitions = transitions.expand(batch_shape + transitions.shape[-3:])
         lengths = None if self.lengths is None else self.lengths.expand(batch_shape)
-        return type(self)(
+        new = type(self)(
             self.unary.expand(batch_shape + (length, num_tags)),
             transitions,
             lengths,
-            validate_args=False,
+            validate_args=False,  # the potentials were checked; log Z still is below
             start=self.start,
             end=self.end,
         )
+        new._check_values = self._check_values
+        return new
 
     # -- flattened chain view -------------------------------------------------------------
 
@@ -206,6 +264,11 @@ class LinearChainCRF(TorchDistribution):
     @lazy_property
     def log_partition(self) -> torch.Tensor:
         """Log normaliser ``log Z`` ``(batch,)``, differentiable. Cost O(length · tags²)."""
+        log_z = self._compute_log_partition()
+        self._check_possible(log_z)
+        return log_z
+
+    def _compute_log_partition(self) -> torch.Tensor:
         if self.transitions.dim() == 2:
             # shared transitions: factored pass, no (batch, length, C, C) tensor
             if self._requires_grad():
@@ -226,11 +289,13 @@ class LinearChainCRF(TorchDistribution):
         if self.transitions.dim() == 2 and not self._requires_grad():
             graph = self.__dict__.pop("_marginal_graph", None)
             leaf, log_z = graph if graph is not None else self._constant_graph()
+            self._check_possible(log_z)
             self.__dict__.setdefault("log_partition", self._unflatten(log_z.detach()))
             (nodes,) = torch.autograd.grad(log_z.sum(), leaf)
             return self._unflatten(nodes, shape)
         init, edges = self._potentials
-        _, init_m, edge_m = chain.marginals(edges, self._flat_lengths(), init)
+        log_z, init_m, edge_m = chain.marginals(edges, self._flat_lengths(), init)
+        self._check_possible(log_z)
         nodes = torch.cat([init_m.unsqueeze(1), edge_m.sum(-2)], dim=1)
         return self._unflatten(nodes, shape)
 
@@ -239,10 +304,11 @@ class LinearChainCRF(TorchDistribution):
         """Most probable tag sequence (Viterbi) ``(batch, length)`` long; padding is 0."""
         if self.transitions.dim() == 2:
             unary = self._node_potentials.detach()
-            _, path = chain.crf_viterbi(unary, self.transitions.detach(), self._flat_lengths())
+            best, path = chain.crf_viterbi(unary, self.transitions.detach(), self._flat_lengths())
         else:
             init, edges = self._potentials
-            _, path = chain.viterbi(edges.detach(), self._flat_lengths(), init.detach())
+            best, path = chain.viterbi(edges.detach(), self._flat_lengths(), init.detach())
+        self._check_possible(best)
         return self._unflatten(self._zero_padding(path), (self.unary.shape[-2],))
 
     @property
@@ -261,6 +327,8 @@ class LinearChainCRF(TorchDistribution):
         backward sampling; padding is 0. Cost O(length · tags²) + O(samples · length · tags).
         """
         sample_shape = torch.Size(sample_shape)
+        if self._check_values:
+            self._check_possible(self.log_partition)
         init, edges = self._potentials
         paths = chain.sample(
             edges.detach(), self._flat_lengths(), init.detach(), max(1, math.prod(sample_shape))
@@ -270,6 +338,8 @@ class LinearChainCRF(TorchDistribution):
 
     def entropy(self) -> torch.Tensor:
         """Exact entropy ``(batch,)`` = ``log Z − E[score]``; differentiable."""
+        if self._check_values:
+            self._check_possible(self.log_partition)
         init, edges = self._potentials
         return self._unflatten(chain.entropy(edges, self._flat_lengths(), init))
 
