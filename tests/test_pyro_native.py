@@ -222,15 +222,50 @@ def test_mode_handlers_leave_enumerated_sites_to_the_enumerator():
         with pyro.plate("data", 6):
             pyro.sample("y", dist.Categorical(logits=net(x)), obs=y)
 
-    loss = TraceEnum_ELBO(max_plate_nesting=1).loss(
-        handlers.feedforward(config_enumerate(model)), lambda x, y: None, x, y)
     feat = torch.relu(F.linear(x, net.feat.weight, net.feat.bias))
     sub = layers.Sequential(OrderedDict(hidden=net.hidden, out=net.out))
     exact, _ = _brute_force(sub, feat, y, 2, (0.0, 1.0))
-    assert abs(loss + float(exact.sum().detach())) < 1e-8
+    elbo = TraceEnum_ELBO(max_plate_nesting=1)
+    # config_enumerate inside or outside the mode handler: the same exact objective.
+    for wrapped in (handlers.feedforward(config_enumerate(model)),
+                    config_enumerate(handlers.feedforward(model))):
+        loss = elbo.loss(wrapped, lambda x, y: None, x, y)
+        assert abs(loss + float(exact.sum().detach())) < 1e-8
 
 
 # --- 4. outer Pyro handlers take precedence ------------------------------------------------
+
+def test_predictive_and_vectorised_particles_on_the_bnn_idiom():
+    net = _bayesian_mlp()
+    x, y = _toy_data(12)
+
+    def model(x, y=None, handler=handlers.mc_dropout):
+        with handler():
+            logits = net(x)
+        with pyro.plate("data", x.shape[0]):
+            return pyro.sample("y", dist.Categorical(logits=logits), obs=y)
+
+    guide = AutoNormal(model)
+    guide(x, y)  # build its parameters
+    pred = pyro.infer.Predictive(model, guide=guide, num_samples=30,
+                                 return_sites=["y", "drop1"])(x)
+    # A site with no batch dims (the net is outside the plate) gets Pyro's padding dim, as
+    # pyro.deterministic does.
+    assert pred["y"].shape == (30, 12) and pred["drop1"].shape == (30, 1, 12, 6)
+    masks = pred["drop1"][:, 0]
+    assert not torch.equal(masks[0], masks[1])  # independent masks per draw, keep rate 0.8
+    assert abs(float((masks > 0).double().mean()) - 0.8) < 0.05
+
+    # Vectorised ELBO particles draw weights with batch dims (particles, 1, out, in): Dense
+    # layers broadcast them against the data. A point guide makes every particle equal.
+    delta = AutoDelta(lambda x, y: model(x, y, handlers.feedforward))
+    delta(x, y)
+    ff = (x, y, handlers.feedforward)
+    one = Trace_ELBO().loss(model, lambda *a: delta(x, y), *ff)
+    vec = Trace_ELBO(num_particles=7, vectorize_particles=True, max_plate_nesting=1).loss(
+        model, lambda *a: delta(x, y), *ff)
+    assert abs(one - vec) < 1e-3 * abs(one)
+
 
 def _gaussian_dropout_net():
     return models.mlp(6, [10, 8], 3, node="gaussian", dropout=0.3)
@@ -313,3 +348,15 @@ def test_a_guide_over_a_handled_site_is_used_and_its_density_counted():
     elbo = Trace_ELBO().loss(model, poutine.seed(guide, 0), x, y)
     q = guide_tr.nodes["drop1"]["fn"].log_prob(mask).sum()
     assert abs(-elbo - float((hand - q).detach())) < 1e-4
+
+
+def test_dense_takes_weights_with_batch_dims():
+    from pyrocg.layers.base import linear
+
+    x, w, b = torch.randn(12, 4), torch.randn(3, 1, 6, 4), torch.randn(3, 1, 6)
+    out = linear(x, w, b)
+    assert out.shape == (3, 12, 6)
+    for k in range(3):
+        assert torch.allclose(out[k], F.linear(x, w[k, 0], b[k, 0]), atol=1e-6)
+    with pytest.raises(ValueError, match="parallel=False"):
+        linear(x, torch.randn(30, 6, 4), None)

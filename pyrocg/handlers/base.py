@@ -26,6 +26,7 @@ import torch
 from pyro.distributions.torch_distribution import MaskedDistribution
 from pyro.distributions.util import broadcast_shape
 from pyro.poutine.condition_messenger import ConditionMessenger
+from pyro.poutine.infer_config_messenger import InferConfigMessenger
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.plate_messenger import PlateMessenger
 from pyro.poutine.replay_messenger import ReplayMessenger
@@ -76,7 +77,8 @@ def _outer_value(handler: Messenger, msg):
     """What the Pyro handlers *outside* ``handler`` will do with this site.
 
     Returns ``None`` (nothing: the mode decides), ``_STEP_ASIDE`` (an outer ``replay`` or
-    ``condition`` gives the site its value: leave it an ordinary site) or a value (an outer
+    ``condition`` gives the site its value, or ``config_enumerate`` marks it for the
+    enumerator: leave it an ordinary site) or a value (an outer
     ``replay`` of a trace in which a mode handler chose this site's value: reproduce it).
     The innermost of those handlers is the one whose value Pyro keeps.
     """
@@ -89,6 +91,8 @@ def _outer_value(handler: Messenger, msg):
             return _STEP_ASIDE
         if isinstance(frame, ConditionMessenger) and name in frame.data:
             return _STEP_ASIDE
+        if isinstance(frame, InferConfigMessenger) and frame.config_fn(msg).get("enumerate"):
+            return _STEP_ASIDE  # config_enumerate outside: the enumerator gives the values
     return None
 
 

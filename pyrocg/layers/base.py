@@ -27,6 +27,7 @@ __all__ = [
     "make_norm",
     "check_input",
     "broadcast_apply",
+    "linear",
 ]
 
 #: Key in a sample site's ``infer`` dict that marks chain-graph sites, and its values.
@@ -84,6 +85,24 @@ def broadcast_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     index = tuple(slice(0, 1) if d in copies else slice(None) for d in range(lead))
     y = fn(x[index])
     return y.expand(x.shape[:lead] + y.shape[lead:])
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear``, also for weights with batch dims ``(*w_batch, out, in)``: vectorised
+    weight draws (``Predictive(parallel=True)``, vectorised ELBO particles over
+    ``PyroSample`` priors) whose batch dims align with — broadcast against — the batch dims
+    of ``x`` ``(*x_batch, in)``; a bias ``(*w_batch, out)`` likewise."""
+    if weight.dim() == 2:
+        return torch.nn.functional.linear(x, weight, bias)
+    try:
+        out = torch.matmul(x.unsqueeze(-2), weight.transpose(-1, -2)).squeeze(-2)
+        return out if bias is None else out + bias
+    except RuntimeError:
+        raise ValueError(
+            f"weights of shape {tuple(weight.shape)} (batch dims {tuple(weight.shape[:-2])}) do "
+            f"not broadcast against inputs of shape {tuple(x.shape)}; vectorised weight draws "
+            f"need their plate dims (note Predictive(parallel=True) drops them for global "
+            f"sites with event dims: use parallel=False)") from None
 
 
 class CGLayer(PyroModule):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import CGLayer, broadcast_apply, check_input, make_norm
+from .base import CGLayer, broadcast_apply, check_input, linear, make_norm
 from .reparam import gaussian_weights_of, sample_energy
 
 __all__ = ["Dense"]
@@ -70,10 +70,13 @@ class Dense(CGLayer):
             if self.norm is not None:
                 e = self.norm(e.reshape(-1, self.out_features)).reshape(e.shape)
             return e
+        weight, bias = self.weight, self.bias  # PyroSample priors draw them here, once
         if self.norm is not None:  # batch statistics see every row, copies included
-            e = F.linear(x, self.weight, self.bias)
+            e = linear(x, weight, bias)
             return self.norm(e.reshape(-1, self.out_features)).reshape(e.shape)
-        return broadcast_apply(lambda rows: F.linear(rows, self.weight, self.bias), x, 1)
+        if weight.dim() > 2:  # vectorised weight draws: every pass differs already
+            return linear(x, weight, bias)
+        return broadcast_apply(lambda rows: F.linear(rows, weight, bias), x, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.emit(self.energy(x))
