@@ -3,8 +3,8 @@
 Write a network once as a chain graph of random variables with explicit ``pyro.sample``
 sites (:mod:`pyrocg.layers`, :mod:`pyrocg.models`), then run it as a deterministic network,
 with PCFF, MC dropout or ancestral sampling by wrapping it in a handler
-(:mod:`pyrocg.handlers`); train and predict with :mod:`pyrocg.infer`; put CRF output layers
-on it with :mod:`pyrocg.structured`.
+(:mod:`pyrocg.handlers`) or naming a mode object (:mod:`pyrocg.modes`); train and predict
+with :mod:`pyrocg.infer`; put CRF output layers on it with :mod:`pyrocg.structured`.
 """
 
 from . import (
@@ -15,6 +15,7 @@ from . import (
     layers,
     metrics,
     models,
+    modes,
     nodes,
     reference,
     structured,
@@ -32,6 +33,7 @@ __all__ = [
     "layers",
     "metrics",
     "models",
+    "modes",
     "nodes",
     "reference",
     "structured",

@@ -12,18 +12,40 @@ from pathlib import Path
 import pyro
 import torch
 
-from . import infer, layers, models, structured, tasks
+from . import infer, layers, models, modes, structured, tasks
 from .data import load_dataset
 
-__all__ = ["main", "build_model"]
+__all__ = ["main", "build_mode", "build_model"]
 
 MODEL_NAMES = ("mlp", "cnn", "resnet20")
-MODE_NAMES = tuple(infer.MODES)
+MODE_NAMES = tuple(modes.MODES)
 
 
-def build_model(spec: dict, data) -> infer.CGModel:
-    """Build the :class:`~pyrocg.infer.CGModel` described by a CLI ``spec`` for ``data``."""
-    dropout = spec["p"] if spec["mode"] in ("dropout", "mc-dropout") else 0.0
+def _mode(name: str, local_reparam: bool = False, **defaults) -> modes.Mode:
+    """The mode ``name`` with those of the CLI's ``defaults`` (``rate``, ``prior``) that it
+    takes; ``--local-reparam`` is passed on only when given, so a mode without it refuses."""
+    accepted = modes.mode_parameters(name)
+    params = {k: v for k, v in defaults.items() if k in accepted}
+    if local_reparam:
+        params["local_reparam"] = True
+    return modes.get_mode(name, **params)
+
+
+def build_mode(spec: dict) -> modes.Mode:
+    """The mode of a CLI ``spec`` (its ``mode`` name, ``rate``, ``local_reparam``); random
+    weights get the prior ``N(0, prior_scale^2)`` on weights and biases."""
+    prior = infer.GaussianPrior(spec.get("prior_scale", 1.0), biases=True)
+    return _mode(spec["mode"], spec.get("local_reparam", False), rate=spec["rate"], prior=prior)
+
+
+def build_model(spec: dict, data, mode: modes.Mode | None = None) -> infer.CGModel:
+    """Build the :class:`~pyrocg.infer.CGModel` described by a CLI ``spec`` for ``data``.
+
+    :param mode: the mode (default: :func:`build_mode` of ``spec``); the network gets
+        dropout nodes of probability ``spec["p"]`` when the mode uses them.
+    """
+    mode = build_mode(spec) if mode is None else mode
+    dropout = spec["p"] if mode.uses_dropout else 0.0
     shape = data.input_shape
     if spec["model"] == "mlp":
         net = models.mlp(data.input_dim, spec.get("hidden", [256, 256]), data.num_classes or 1,
@@ -40,10 +62,7 @@ def build_model(spec: dict, data) -> infer.CGModel:
     lik = (infer.Categorical(n) if data.task == "classification" else infer.Gaussian(n))
     wd = spec.get("weight_decay", 0.0)
     prior = infer.GaussianPrior.from_weight_decay(wd, n) if wd > 0 else None
-    if spec["mode"] == "bayes":
-        prior = infer.GaussianPrior(spec.get("prior_scale", 1.0), biases=True)
-    return infer.CGModel(net, lik, spec["mode"], rate=spec["rate"], prior=prior,
-                         local_reparam=spec["mode"] == "bayes" and spec.get("local_reparam", False))
+    return infer.CGModel(net, lik, mode, prior=prior)
 
 
 def _reshape_for(spec: dict, data):
@@ -137,13 +156,12 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-DEMO_MODES = {
-    "feedforward": {"mode": "feedforward", "rate": 0.0, "p": 0.0},
-    "pcff": {"mode": "pcff", "rate": 0.3, "p": 0.0},
-    "dropout": {"mode": "dropout", "rate": 0.0, "p": 0.3},
-    "mc-dropout": {"mode": "mc-dropout", "rate": 0.0, "p": 0.3},
-    "bayes": {"mode": "bayes", "rate": 0.0, "p": 0.0},
-}
+def _demo_modes() -> list[tuple[modes.Mode, float]]:
+    """The demo's modes and Adam learning rates (the configuration of
+    benchmarks/accuracy.py, see benchmarks/RESULTS.md)."""
+    bayes = modes.BayesianWeights(prior=infer.GaussianPrior(1.0, biases=True))
+    return [(modes.FeedForward(), 1e-3), (modes.PCFF(0.3), 1e-3), (modes.Dropout(), 1e-3),
+            (modes.MCDropout(), 1e-3), (bayes, 1e-2)]
 
 
 def cmd_demo(args) -> int:
@@ -152,13 +170,12 @@ def cmd_demo(args) -> int:
     data = load_dataset("digits", device=device, seed=args.seed)
     print(data)
     rows, results, predictions = [], {}, {}
-    for name, extra in DEMO_MODES.items():
-        # The configuration of benchmarks/accuracy.py (see benchmarks/RESULTS.md).
+    for mode, lr in _demo_modes():
+        name = mode.name
         spec = {"dataset": "digits", "model": "mlp", "hidden": [512, 512], "seed": args.seed,
-                **extra}
+                "p": 0.3}
         pyro.set_rng_seed(args.seed)  # initial weights depend on the seed only
-        model = build_model(spec, data).to(device)
-        lr = 1e-2 if name == "bayes" else 1e-3
+        model = build_model(spec, data, mode).to(device)
         # Adam; the learning rate drops 10x for the last quarter of the epochs.
         milestones = (args.epochs - max(1, args.epochs // 4),) if args.epochs > 1 else ()
         config = infer.TrainConfig(epochs=args.epochs, batch_size=64, lr=lr, seed=args.seed,
@@ -224,7 +241,7 @@ def cmd_demo_crf(args) -> int:
         for variant in ("independent", "crf"):
             torch.manual_seed(args.seed)
             net, lik = _crf_task(task, variant == "crf", len(data.train))
-            model = infer.CGModel(net, lik, args.mode, rate=0.2).to(device)
+            model = infer.CGModel(net, lik, _mode(args.mode, rate=0.2)).to(device)
             config = infer.TrainConfig(epochs=args.epochs, batch_size=32, lr=3e-3, seed=args.seed,
                                        eval_samples=min(args.samples, 10),
                                        progress=not args.quiet, log_epochs=False)
@@ -273,7 +290,8 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--rate", type=float, default=0.3, help="PCFF sampling rate in [0, 1]")
     t.add_argument("--p", type=float, default=0.2, help="dropout probability in [0, 1)")
     t.add_argument("--local-reparam", action="store_true",
-                   help="--mode bayes: sample energies per datum instead of weights per batch")
+                   help="--mode bayes: sample energies per datum instead of weights per batch "
+                   "(other modes refuse it)")
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")

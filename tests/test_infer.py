@@ -65,7 +65,7 @@ def _dropout_setup(p=0.3, s=0.7, batch=6):
 def test_mc_dropout_guide_elbo_gradient_is_dropout_loss_plus_l2():
     net, guide, model, x, y, keep, s = _dropout_setup()
     loss = pyro.infer.Trace_ELBO().differentiable_loss(model, guide, x, y)
-    params = [guide.means["hidden1"], guide.means["out"], net.hidden1.bias, net.out.bias]
+    params = [guide.mean("hidden1"), guide.mean("out"), net.hidden1.bias, net.out.bias]
     ours = torch.autograd.grad(loss, params)
     # Plain PyTorch: dropout with the same masks (inverted scaling), summed CE, L2 on W.
     z1, z2 = guide.fixed_masks["hidden1"], guide.fixed_masks["out"]
@@ -87,8 +87,8 @@ def test_mc_dropout_guide_agrees_with_chain_graph_dropout_nodes():
         drop0=layers.Dropout(1 - keep), hidden1=layers.Dense(4, 8),
         drop1=layers.Dropout(1 - keep), out=layers.Dense(8, 3, node=None)))
     with torch.no_grad():
-        cg.hidden1.weight.copy_(guide.means["hidden1"])
-        cg.out.weight.copy_(guide.means["out"])
+        cg.hidden1.weight.copy_(guide.mean("hidden1"))
+        cg.out.weight.copy_(guide.mean("out"))
         cg.hidden1.bias.copy_(net.hidden1.bias)
         cg.out.bias.copy_(net.out.bias)
     masks = {"drop0": (guide.fixed_masks["hidden1"] / keep).expand(6, 4),
@@ -141,7 +141,7 @@ def _params(model):
     return [p.detach().clone() for p in model.state_dict().values()]
 
 
-@pytest.mark.parametrize("mode", ["pcff", "mc-dropout"])
+@pytest.mark.parametrize("mode", [infer.PCFF(0.4), infer.MCDropout()], ids=["pcff", "mc-dropout"])
 def test_resume_after_interrupt_gives_identical_parameters(tmp_path, mode, device):
     data = toy_data(device=device)
     cfg = dict(batch_size=16, optimizer="sgd", lr=0.05, milestones=(2,), eval_samples=3,
@@ -149,8 +149,8 @@ def test_resume_after_interrupt_gives_identical_parameters(tmp_path, mode, devic
 
     def make():
         torch.manual_seed(123)
-        return infer.CGModel(models.mlp(5, [12], 3, dropout=0.2 if "dropout" in mode else 0.0),
-                             infer.Categorical(len(data.train)), mode=mode, rate=0.4).to(device)
+        return infer.CGModel(models.mlp(5, [12], 3, dropout=0.2 if mode.uses_dropout else 0.0),
+                             infer.Categorical(len(data.train)), mode).to(device)
 
     full = make()
     hist_full = infer.fit(full, data, infer.TrainConfig(epochs=4, **cfg))
@@ -239,8 +239,10 @@ def test_arviz_loo_from_prediction():
     [
         (lambda: infer.CGModel(models.mlp(5, [4], 3), infer.Categorical(10), mode="gibbs"),
          ValueError, "unknown mode 'gibbs'"),
-        (lambda: infer.CGModel(models.mlp(5, [4], 3), infer.Categorical(10), rate=1.5),
+        (lambda: infer.CGModel(models.mlp(5, [4], 3), infer.Categorical(10), "pcff", rate=1.5),
          ValueError, r"rate must be a number in \[0, 1\]"),
+        (lambda: infer.CGModel(models.mlp(5, [4], 3), infer.Categorical(10), rate=0.5),
+         TypeError, "mode 'feedforward' takes no parameter 'rate'"),
         (lambda: infer.CGModel(models.mlp(5, [4], 3), "categorical"), TypeError, "Likelihood"),
         (lambda: infer.Categorical(0), ValueError, "dataset_size"),
         (lambda: infer.TrainConfig(optimizer="lbfgs"), ValueError, "optimizer"),

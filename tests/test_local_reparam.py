@@ -73,9 +73,9 @@ def _pair(width=16, batch_prior=True):
     torch.manual_seed(0)
     net = models.mlp(5, [width], 3)
     prior = infer.GaussianPrior(1.0, biases=batch_prior)
-    ws = infer.CGModel(net, infer.Categorical(200), "bayes", prior=prior, guide_init_scale=0.3)
-    lrt = infer.CGModel(net, infer.Categorical(200), "bayes", prior=prior, guide_init_scale=0.3,
-                        local_reparam=True)
+    ws = infer.CGModel(net, infer.Categorical(200), infer.BayesianWeights(prior, init_scale=0.3))
+    lrt = infer.CGModel(net, infer.Categorical(200),
+                        infer.BayesianWeights(prior, init_scale=0.3, local_reparam=True))
     lrt.guide.load_state_dict(ws.guide.state_dict())
     return ws, lrt
 
@@ -93,7 +93,7 @@ def test_same_elbo_as_weight_sampling_and_lower_gradient_variance():
             loss = model.loss(x, y)
             loss.backward()
             losses.append(loss.item())
-            grads.append(model.guide.locs["hidden1__weight"].grad.clone())
+            grads.append(model.guide.loc("hidden1.weight").grad.clone())
         L, G = torch.tensor(losses), torch.stack(grads)
         stats[name] = (L.mean(), L.var() / len(L), G.mean(0), G.var(0))
     (m1, v1, g1, gv1), (m2, v2, g2, gv2) = stats["ws"], stats["lrt"]
@@ -124,10 +124,13 @@ def test_trains_and_predicts_all_passes_at_once():
 
 def test_unsupported_uses_give_clear_errors():
     net = models.mlp(5, [4], 3)
-    with pytest.raises(ValueError, match="local_reparam=True needs mode='bayes'"):
+    with pytest.raises(TypeError, match="mode 'feedforward' takes no parameter 'local_reparam'"):
         infer.CGModel(net, infer.Categorical(10), "feedforward", local_reparam=True)
+    with pytest.raises(ValueError, match="leave guide=None"):
+        infer.BayesianWeights(guide=infer.MeanFieldNormalGuide, local_reparam=True)
     rnn = layers.Sequential(layers.IndRNN(3, 4), layers.Dense(4, 2, node=None))
-    with pytest.raises(ValueError, match="Dense and Conv layers only"):
+    with pytest.raises(ValueError, match=r"local_reparam=True\): .*Dense and Conv layers only"
+                       r".*\['0.weight', '0.recurrent_weight'\]"):
         infer.CGModel(rnn, infer.Categorical(10), "bayes", local_reparam=True)
     with pytest.raises(TypeError, match="mapping of modules to GaussianWeights"):
         with local_reparam([net.hidden1]):

@@ -1,10 +1,25 @@
-"""Training and inference: likelihoods, priors, modes, guides, the training loop and a
-vectorised predictive. Network, prior, likelihood and guide are separate objects that
-:class:`CGModel` combines (the TyXe way)."""
+"""Training and inference: likelihoods, the model, the training loop and a vectorised
+predictive. Network, prior, likelihood, mode and guide are separate objects that
+:class:`CGModel` combines (the TyXe way); modes, priors and guides live in
+:mod:`pyrocg.modes` and are re-exported here for convenience."""
 
+from ..modes import (
+    MODES,
+    PCFF,
+    AncestralSampling,
+    BayesianWeights,
+    Dropout,
+    DropoutWeightGuide,
+    FeedForward,
+    GaussianPrior,
+    LocalReparamGuide,
+    MCDropout,
+    MeanFieldNormalGuide,
+    Mode,
+    get_mode,
+)
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
-from .guides import DropoutWeightGuide, MeanFieldNormalGuide
 from .likelihoods import (
     Categorical,
     ChainCRFLikelihood,
@@ -14,9 +29,7 @@ from .likelihoods import (
     MultiLabelCRFLikelihood,
 )
 from .model import CGModel
-from .modes import MODES, Mode, get_mode
-from .predictive import Prediction, predict
-from .priors import GaussianPrior
+from .predictive import Prediction, predict, predict_pyro
 from .trainer import TrainConfig, TrainingDiverged, evaluate, fit
 
 __all__ = [
@@ -31,11 +44,19 @@ __all__ = [
     "GaussianPrior",
     "DropoutWeightGuide",
     "MeanFieldNormalGuide",
+    "LocalReparamGuide",
     "Mode",
+    "FeedForward",
+    "PCFF",
+    "Dropout",
+    "MCDropout",
+    "BayesianWeights",
+    "AncestralSampling",
     "MODES",
     "get_mode",
     "Prediction",
     "predict",
+    "predict_pyro",
     "TrainConfig",
     "TrainingDiverged",
     "fit",

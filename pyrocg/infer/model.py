@@ -2,135 +2,105 @@
 
 from __future__ import annotations
 
-import contextlib
-from numbers import Real
+from typing import Any
 
-import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer import Trace_ELBO
 from torch import nn
-from torch.func import functional_call
 
-from ..layers.reparam import local_reparam
-from .guides import MeanFieldNormalGuide
+from ..modes import GaussianPrior, Mode, WeightDraw, get_mode
 from .likelihoods import Likelihood
-from .modes import get_mode
-from .priors import GaussianPrior
 
 __all__ = ["CGModel"]
 
 
 class CGModel(nn.Module):
-    """Network + likelihood + prior + mode (+ guide for Bayesian weights), TyXe-style.
+    """Network + likelihood + prior + mode (+ the mode's guide), TyXe-style.
+
+    :meth:`model` and :attr:`guide` are an ordinary Pyro model and guide:
+    ``pyro.infer.SVI(cg.model, cg.guide, optim, Trace_ELBO())`` optimises the same ELBO as
+    :func:`~pyrocg.infer.fit` (whose :meth:`loss` is the negative ELBO divided by the data set
+    size, so learning rates mean what they mean in plain PyTorch).
 
     :param net: a chain-graph network (e.g. :func:`pyrocg.models.mlp`).
     :param likelihood: a :class:`~pyrocg.infer.likelihoods.Likelihood`.
-    :param mode: ``"feedforward"``, ``"pcff"``, ``"dropout"``, ``"mc-dropout"``, ``"bayes"``
-        or ``"pcff-sampling"`` (see :data:`pyrocg.infer.modes.MODES`).
-    :param rate: PCFF sampling rate (``pcff`` modes).
-    :param prior: a :class:`GaussianPrior`: weight decay for point-estimate modes, the prior
-        of the weights for ``"bayes"`` (default ``GaussianPrior(1.0)`` there).
-    :param guide_init_scale: initial std of the mean-field Normal guide (``"bayes"``).
-    :param local_reparam: ``"bayes"`` only: sample each datum's energies instead of one weight
-        draw per mini-batch (:mod:`pyrocg.layers.reparam`), with the KL term in closed
-        form; lower-variance gradients, and prediction runs all passes at once.
+    :param mode: a :class:`~pyrocg.modes.Mode` (``modes.PCFF(0.3)``,
+        ``modes.BayesianWeights(guide=AutoNormal)``, ...) or its shorthand (``"pcff"``, ...;
+        see :func:`pyrocg.modes.get_mode`), checked against ``net``.
+    :param prior: a :class:`~pyrocg.modes.GaussianPrior`: weight decay for point-estimate
+        modes, the prior of the weights for :class:`~pyrocg.modes.BayesianWeights` (default
+        ``GaussianPrior(1.0)`` there).
+    :param num_particles: particles of the ELBO estimate.
+    :param mode_params: parameters of a shorthand ``mode`` (e.g. ``rate=0.3`` for ``"pcff"``,
+        ``local_reparam=True``, ``guide=...`` for ``"bayes"``).
 
-    The objective (:meth:`loss`) is the negative ELBO divided by the data set size, so
-    learning rates mean what they mean in plain PyTorch.
+    :ivar guide: the Pyro guide, a module: empty for point-estimate modes, over the weights
+        for Bayesian ones.
     """
 
     def __init__(
         self,
         net: nn.Module,
         likelihood: Likelihood,
-        mode: str = "feedforward",
-        rate: float = 0.5,
+        mode: Mode | str = "feedforward",
         prior: GaussianPrior | None = None,
-        guide_init_scale: float = 0.01,
         num_particles: int = 1,
-        local_reparam: bool = False,
+        **mode_params: Any,
     ):
         super().__init__()
         if not isinstance(likelihood, Likelihood):
             raise TypeError(
                 f"likelihood must be a pyrocg Likelihood, got {type(likelihood).__name__}"
             )
-        if isinstance(rate, bool) or not isinstance(rate, Real) or not 0.0 <= rate <= 1.0:
-            raise ValueError(f"rate must be a number in [0, 1], got {rate!r}")
-        self.mode = get_mode(mode)
-        self.rate = float(rate)
+        if prior is not None and not isinstance(prior, GaussianPrior):
+            raise TypeError(f"prior must be a GaussianPrior or None, got {type(prior).__name__}")
+        self.mode = get_mode(mode, **mode_params)
+        self.mode.check(net)
         self.net, self.likelihood = net, likelihood
-        self.prior = prior
+        self.prior = self.mode.resolve_prior(prior)
+        self.guide = self.mode.build_guide(net, self.prior)
         self.elbo = Trace_ELBO(num_particles=num_particles)
-        if local_reparam and not self.mode.bayesian:
-            raise ValueError(f"local_reparam=True needs mode='bayes', got mode={mode!r}")
-        self.local_reparam = bool(local_reparam)
-        if self.mode.bayesian:
-            self.prior = prior or GaussianPrior(1.0)
-            self.guide = MeanFieldNormalGuide(net, self.prior.names(net), guide_init_scale)
-            if self.local_reparam:
-                self.guide.gaussian_weights(net)  # fails now, not mid-training, if unsupported
-        else:
-            self.guide = None
-
-    def _weights_context(self):
-        if self.local_reparam:
-            return local_reparam(self.guide.gaussian_weights(self.net))
-        return contextlib.nullcontext()
 
     @property
     def dataset_size(self) -> int:
         return self.likelihood.dataset_size
 
-    def _run(self, x: torch.Tensor, weights: dict[str, torch.Tensor] | None) -> torch.Tensor:
-        if weights:
-            return functional_call(self.net, weights, (x,), strict=False)
-        return self.net(x)
-
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The Pyro model of a training pass: weights (random, or a MAP prior factor), the
         network under the mode's training handler and the observed labels, all node sites
         inside the data plate."""
-        weights = None
-        if self.local_reparam:
-            # Analytic -KL(q || p): the weights are never drawn, each datum's energies are.
-            pyro.factor("weights_kl", -self.guide.kl(self.prior.scale))
-        elif self.mode.bayesian:
-            weights = self.prior.sample(self.net)  # global sites, outside the data plate
-        elif self.prior is not None:
-            pyro.factor("weight_prior", self.prior.log_prob(self.net))
+        draw = self.mode.weight_model(self.net, self.prior, self.guide)
 
         def run(inputs):
-            with self.mode.train(self.rate), self._weights_context():
-                return self._run(inputs, weights)
+            with self.mode.train_handler():
+                return draw(self.net, inputs)
 
         return self.likelihood.model(run, x, y)
-
-    def _guide(self, x, y=None):
-        if self.guide is not None and not self.local_reparam:
-            self.guide(x, y)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Differentiable negative ELBO per datum of the data set, on a mini-batch."""
         scale = 1.0 / self.dataset_size
         return self.elbo.differentiable_loss(
-            poutine.scale(self.model, scale), poutine.scale(self._guide, scale), x, y
+            poutine.scale(self.model, scale), poutine.scale(self.guide, scale), x, y
         )
 
     def initialize(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Hook for lazily built parameters (none at present): call with a first batch."""
+        """Create lazily built parameters (an autoguide's) by running the guide once on a
+        first batch; the random number generators are left as they were."""
+        devices = [x.device] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), poutine.block():
+            self.guide(x, y)
 
-    def sample_weights(self, x: torch.Tensor) -> dict[str, torch.Tensor] | None:
-        """One draw of the random weights from the guide (``None`` for point weights)."""
-        if self.guide is None or self.local_reparam:
-            return None
-        with poutine.block():
-            return self.guide(x)
+    def sample_weights(self, x: torch.Tensor) -> WeightDraw:
+        """The weights of one prediction pass (a draw from the guide for random weights)."""
+        return self.mode.predict_weights(self.net, self.guide, x)
 
-    def forward_predict(
-        self, x: torch.Tensor, weights: dict[str, torch.Tensor] | None = None
-    ) -> torch.Tensor:
-        """One prediction pass (any leading sample dims of ``x`` are vectorised passes)."""
-        with self.mode.predict(self.rate), self._weights_context():
-            return self.likelihood.output(lambda inputs: self._run(inputs, weights), x)
+    def forward_predict(self, x: torch.Tensor, weights: WeightDraw | None = None) -> torch.Tensor:
+        """One prediction pass (any leading sample dims of ``x`` are vectorised passes).
+
+        :param weights: the weights to use (default: :meth:`sample_weights`).
+        """
+        draw = self.sample_weights(x) if weights is None else weights
+        with self.mode.predict_handler():
+            return self.likelihood.output(lambda inputs: draw(self.net, inputs), x)

@@ -319,7 +319,7 @@ def _fit(model: CGModel, data: DataSplits, config: TrainConfig, checkpoint: str 
                 "scheduler": sched.state_dict(), "shuffle": shuffle.get_state(),
                 "rng": rng_state(), "history": history, "epoch": epoch + 1,
                 "meta": {} if meta is None else meta,
-                "config": asdict(config), "mode": model.mode.name, "rate": model.rate,
+                "config": asdict(config), "mode": model.mode.name,
             })
         if world > 1:
             torch.distributed.barrier()

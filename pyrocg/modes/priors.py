@@ -44,6 +44,17 @@ class GaussianPrior:
             raise ValueError(f"prior scale must be a positive number, got {scale!r}")
         self.scale, self.biases = float(scale), bool(biases)
 
+    def __repr__(self) -> str:
+        return f"GaussianPrior({self.scale!r}, biases={self.biases})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, GaussianPrior):
+            return NotImplemented
+        return (self.scale, self.biases) == (other.scale, other.biases)
+
+    def __hash__(self) -> int:
+        return hash((self.scale, self.biases))
+
     @classmethod
     def from_weight_decay(cls, weight_decay: float, dataset_size: int, biases: bool = False):
         """The prior whose MAP objective equals SGD with this ``weight_decay``."""
