@@ -360,3 +360,9 @@ def test_dense_takes_weights_with_batch_dims():
         assert torch.allclose(out[k], F.linear(x, w[k, 0], b[k, 0]), atol=1e-6)
     with pytest.raises(ValueError, match="parallel=False"):
         linear(x, torch.randn(30, 6, 4), None)
+
+
+def test_categorical_nodes_on_a_convolution_are_refused():
+    conv = layers.Conv2d(1, 3, 3, node="categorical")
+    with pytest.raises(ValueError, match="categories are the layer's units"):
+        conv(torch.randn(2, 1, 5, 5))

@@ -103,7 +103,13 @@ def site_distribution(node: CGNode, unit_dims: int, site: str):
     :class:`LayerSite` for discrete nodes (so Pyro can enumerate it), else the cheaper
     ``node.to_event``. A node with its own event dims (categorical: the categories) spends
     them first on the units."""
-    unit_batch_dims = max(0, unit_dims - len(node.event_shape))
+    if len(node.event_shape) > 1 or (node.event_shape and unit_dims != 1):
+        raise ValueError(
+            f"layer {site!r}: {type(node).__name__} has event shape {tuple(node.event_shape)} "
+            f"(its categories are the layer's units), so it fits a layer with one unit "
+            f"dimension (Dense), not one with {unit_dims} (a convolution's channels and "
+            f"positions)")
+    unit_batch_dims = unit_dims - len(node.event_shape)
     if node.has_enumerate_support:
         return LayerSite(node, unit_batch_dims, site)
     return node.to_event(unit_batch_dims) if unit_batch_dims else node
