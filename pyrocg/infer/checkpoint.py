@@ -283,8 +283,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = None) -> dict[s
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{path}: refused: it holds objects other than tensors and plain values "
-            f"({_refused_global(exc)}), and loading it could run code. Checkpoints of format 1 "
-            "(pickled RNG states) must be re-created with this version of pyrocg"
+            f"({_refused_global(exc)}), and loading it could run code. If it is an old pyrocg "
+            "checkpoint (format 1, with pickled RNG states), re-create it"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, AttributeError,
             TypeError) as exc:
