@@ -169,10 +169,12 @@ def predict(
 
 
 def _observed_sites(trace) -> list[str]:
-    """Sites observed as data: not pyrocg's chain-graph sites, not factors (empty values)."""
+    """Sites observed as data: not pyrocg's chain-graph sites, not ``pyro.deterministic``
+    sites, not factors (empty values)."""
     return [n for n, s in trace.nodes.items()
             if s["type"] == "sample" and s["is_observed"] and s["value"].numel() > 0
-            and ROLE_KEY not in (s.get("infer") or {})]
+            and ROLE_KEY not in (s.get("infer") or {})
+            and not (s.get("infer") or {}).get("_deterministic")]
 
 
 def _plate_nesting(*traces) -> int:
