@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 from pathlib import Path
 
 import numpy as np
@@ -367,3 +368,66 @@ def test_load_dataset_dispatch() -> None:
     assert load_dataset("digits", seed=2).name == "digits"
     with pytest.raises(ValueError, match="valid names: 'digits', 'fashion-mnist', 'table'"):
         load_dataset("cifar10")
+
+
+# ------------------------------------------------------- table: hostile files and values
+
+
+def test_table_file_errors_name_the_file_and_line(tmp_path: Path) -> None:
+    cases = {
+        "latin1.csv": ("u,v,y\n1,2,0\ncaf\u00e9,3,1\n".encode("latin-1"), r"line 3: byte 0xe9"),
+        "binary.csv": (b"u,v,y\n1,2,0\n3,4,1\n\x89PNG\x00\x00", r"line 4: a NUL byte"),
+        "dup.csv": ("# names\nu,v,u,y\n" + "1,2,3,0\n" * 4, r"line 2: duplicate column names 'u'"),
+        "twice.csv": ("y,v,y\n" + "1,2,0\n" * 4, r"line 1: target 'y' names 2 columns"),
+        "huge.csv": ("u,v,y\n1,2,0\n" + "7" * 140_000 + ",2,1\n", r"line 3: field larger"),
+    }
+    for name, (content, pattern) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        with pytest.raises(ValueError, match=f"^{re.escape(str(path))}: {pattern}"):
+            load_table(path, target="y")
+    with pytest.raises(ValueError, match=f"^{re.escape(str(tmp_path))}: is a directory"):
+        load_table(tmp_path)
+    # UTF-8 with a byte-order mark and non-ASCII names is fine.
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("\ufeffh\u00f6he,v,y\n".encode() + b"".join(
+        f"{i},{i % 3},{i % 2}\n".encode() for i in range(20)))
+    assert load_table(bom, target="y").feature_names == ("h\u00f6he", "v")
+
+
+def test_table_standardises_extreme_magnitudes_without_overflow(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    big, tiny, const = rng.uniform(-9, 9, 30) * 1e300, rng.uniform(1, 2, 30) * 1e-300, 5e300
+    y = np.arange(30) % 2
+    p = tmp_path / "extreme.csv"
+    p.write_text("big,tiny,const,y\n" + "".join(
+        f"{a:.17g},{b:.17g},{const:.17g},{t}\n" for a, b, t in zip(big, tiny, y, strict=True)))
+    d = load_table(p, target="y", val_fraction=0.0, test_fraction=0.0)
+    ref = [(v - v.mean()) / v.std() for v in (big / 1e300, tiny / 1e-300)]
+    np.testing.assert_allclose(d.train.x[:, 0].numpy(), ref[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(d.train.x[:, 1].numpy(), ref[1], rtol=1e-5, atol=1e-5)
+    assert torch.equal(d.train.x[:, 2], torch.zeros(30))  # constant: centred only
+    assert d.feature_std is not None and d.feature_std[2] == 1.0
+    # Unstandardised, float32 cannot hold them: an error naming the column, not inf or 0.
+    with pytest.raises(ValueError, match=r"column 'big' has values that overflow torch.float32"):
+        load_table(p, target="y", standardize=False)
+    exact = load_table(p, target="y", standardize=False, dtype=torch.float64,
+                       val_fraction=0.0, test_fraction=0.0)
+    np.testing.assert_array_equal(exact.train.x[:, 1].numpy(), tiny)
+
+
+def test_loaders_check_the_device() -> None:
+    from pyrocg.data import check_device
+
+    assert check_device("meta") == torch.device("meta")
+    with pytest.raises(ValueError, match="device='tpu9' is not a device"):
+        load_digits(device="tpu9")
+    with pytest.raises(TypeError, match="device must be a str or torch.device"):
+        check_device(None)  # type: ignore[arg-type]
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device='cuda', but CUDA is not available"):
+            load_digits(device="cuda")
+    else:
+        n = torch.cuda.device_count()
+        with pytest.raises(ValueError, match=f"this machine has {n} GPU"):
+            check_device(f"cuda:{n}")

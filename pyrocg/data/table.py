@@ -97,8 +97,7 @@ def _statistics(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scale = np.where(scale > 0, scale, 1.0)
     u = v / scale
     mu, sd = u.mean(axis=0), u.std(axis=0)
-    sd = np.where(sd > 0, sd, 1.0 / scale)  # constant column: centre only, avoid 0/0
-    return mu * scale, sd * scale
+    return mu * scale, np.where(sd > 0, sd * scale, 1.0)  # constant column: centre only
 
 
 def _apply(v: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
