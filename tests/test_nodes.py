@@ -219,3 +219,28 @@ def test_fast_bernoulli_is_unbiased_and_independent(p, device):
     flat = x[..., 0].reshape(-1).double()
     c = torch.corrcoef(torch.stack([flat[:-1], flat[1:]]))[0, 1]
     assert abs(float(c)) <= 4 / math.sqrt(flat.numel())
+
+
+@pytest.mark.parametrize("make", [
+    lambda e: ReLUNode(e), lambda e: LeakyReLUNode(e, 0.1),
+    lambda e: GaussianNode(e, 0.7), lambda e: SoftplusNode(e),
+    lambda e: BinaryNode(e)])
+def test_rsample_where_is_a_draw_where_kept_and_the_statistic_elsewhere(make):
+    e = torch.randn(50, 40, requires_grad=True)
+    node = make(e)
+    mask = (torch.rand(50, 40) < 0.3).float()
+    torch.manual_seed(5)
+    got = node.rsample_where(mask)
+    torch.manual_seed(5)  # the generic form: one full draw blended with the statistic
+    draw = node.rsample()
+    want = torch.where(mask.bool(), draw, node.feedforward)
+    assert torch.equal(got, want)
+    g_got = torch.autograd.grad(got.sum(), e)[0]
+    g_want = torch.autograd.grad(want.sum(), e)[0]
+    assert torch.allclose(g_got, g_want, atol=1e-6)
+
+
+def test_relu_scale_is_abs_tanh():
+    e = torch.linspace(-12, 12, 10001)
+    s = ReLUNode(e).scale
+    assert torch.allclose(s, torch.tanh(e).abs().clamp_min(s.min()), atol=3e-7)

@@ -22,7 +22,6 @@ fine. Replaying such a trace from *outside* the handler reproduces its values.
 
 from __future__ import annotations
 
-import torch
 from pyro.distributions.torch_distribution import MaskedDistribution
 from pyro.distributions.util import broadcast_shape
 from pyro.poutine.condition_messenger import ConditionMessenger
@@ -34,6 +33,7 @@ from pyro.poutine.runtime import _PYRO_STACK
 
 from ..layers.base import ROLE_KEY
 from ..nodes import CGNode
+from ..nodes._random import bernoulli
 
 __all__ = ["CGMessenger", "FEEDFORWARD", "SAMPLE", "HANDLED_KEY", "node_of"]
 
@@ -159,14 +159,16 @@ class CGMessenger(Messenger):
         elif action == FEEDFORWARD:
             value = node_of(fn).feedforward
         else:
-            # Draw exactly as Pyro's default would (rsample where there is one), so that a
-            # fully sampled site reproduces the unhandled model under the same seed.
             fn = _broadcast_to_outer_plates(self, fn)
-            value = fn(*msg["args"], **msg["kwargs"])
-            if action != SAMPLE:
-                ff = node_of(fn).feedforward.expand(value.shape)
-                keep = torch.rand(value.shape, device=value.device) < action
-                value = torch.where(keep, value, ff)
+            if action == SAMPLE:
+                # Draw exactly as Pyro's default would (rsample where there is one), so that
+                # a fully sampled site reproduces the unhandled model under the same seed.
+                value = fn(*msg["args"], **msg["kwargs"])
+            else:  # per element: a draw with probability `action`, else the statistic
+                node = node_of(fn)
+                shape = node.batch_shape + node.event_shape
+                e = node.energy
+                value = node.rsample_where(bernoulli(action, shape, e.dtype, e.device))
         msg["value"] = value
         msg["is_observed"] = True
         msg["fn"] = _deterministic_like(fn, msg["cond_indep_stack"])

@@ -45,6 +45,18 @@ class CGNode(TorchDistribution):
         """The feed-forward statistic ``q = E[T(X)]`` (or its closed-form approximation)."""
         raise NotImplementedError
 
+    def rsample_where(self, mask: torch.Tensor) -> torch.Tensor:
+        """A reparametrised draw where ``mask`` is 1 and the feed-forward statistic where it
+        is 0 (``mask``: a 0/1 float tensor of the full sample shape, ``(*batch, *event)``).
+
+        This is the partially collapsed value PCFF propagates. The generic form blends a full
+        draw with the statistic (``lerp`` by the mask: exact at 0 and 1); nodes whose
+        statistic *is* their zero-noise draw override it and skip the blend.
+        """
+        value = self.rsample(mask.shape[: mask.dim() - len(self.batch_shape)
+                                       - len(self.event_shape)])
+        return torch.lerp(self.feedforward.expand(value.shape), value, mask)
+
     def _expand_energy(self, cls: type, batch_shape: torch.Size, _instance, event_shape=()):
         new = self._get_checked_instance(cls, _instance)
         new.energy = self.energy.expand(torch.Size(batch_shape) + torch.Size(event_shape))
