@@ -3,7 +3,8 @@ Fashion-MNIST.
 
 Modes: feedforward, pcff (rates chosen on the validation split), dropout (p chosen on the
 validation split), mc-dropout (the dropout network at the best p, predictions averaged
-over T passes: the same training, MC prediction), bayes (mean-field Gaussian weights).
+over T passes: the same training, MC prediction), bayes (mean-field Gaussian weights) and
+bayes-lrt (the same with the local reparametrisation).
 Reports test accuracy, NLL, ECE (15 bins), Brier and seconds per data set and mode.
 
 Goals: digits feed-forward >= 97%; Fashion-MNIST cnn >= 91%; MC-dropout NLL and ECE below
@@ -28,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine, print_table, write_json  # noqa: E402
 
-from pyrocg import infer, models  # noqa: E402
+from pyrocg import infer, models, modes  # noqa: E402
 from pyrocg.data import load_digits, load_fashion_mnist  # noqa: E402
 
-MODES = ("feedforward", "pcff", "dropout", "mc-dropout", "bayes", "bayes-lrt")
+MODES = ("feedforward", "pcff", "dropout", "mc-dropout", "bayes", "bayes-lrt")  # row labels
 COLUMNS = ["mode", "setting", "best", "val_acc", "accuracy", "nll", "ece", "brier", "train_s", "eval_s"]
 
 
@@ -42,12 +43,12 @@ def make_net(dataset: str, data, dropout: float):
                       dropout=dropout)
 
 
-def config_for(dataset: str, mode: str, args) -> infer.TrainConfig:
+def config_for(dataset: str, mode: modes.Mode, args) -> infer.TrainConfig:
     if dataset == "digits":
         epochs, batch = args.digits_epochs, 64
     else:
         epochs, batch = args.fashion_epochs, 128
-    lr = args.bayes_lr if mode == "bayes" else args.lr
+    lr = args.bayes_lr if mode.random_weights else args.lr
     # Adam; the learning rate drops 10x for the last quarter of the epochs (at least one).
     milestones = (epochs - max(1, epochs // 4),) if epochs > 1 else ()
     return infer.TrainConfig(epochs=epochs, batch_size=batch, lr=lr, seed=args.seed,
@@ -55,14 +56,11 @@ def config_for(dataset: str, mode: str, args) -> infer.TrainConfig:
                              progress=False)
 
 
-def run(dataset: str, data, mode: str, args, rate: float = 0.5, p: float = 0.0,
-        local_reparam: bool = False):
+def run(dataset: str, data, mode: modes.Mode, args, p: float = 0.0):
     """Train one model; return (model, validation metrics of the last epoch, seconds)."""
     torch.manual_seed(args.seed)
     net = make_net(dataset, data, p)
-    prior = infer.GaussianPrior(args.prior_scale, biases=True) if mode == "bayes" else None
-    model = infer.CGModel(net, infer.Categorical(len(data.train)), mode, rate=rate,
-                          prior=prior, local_reparam=local_reparam).to(data.device)
+    model = infer.CGModel(net, infer.Categorical(len(data.train)), mode).to(data.device)
     t0 = time.perf_counter()
     history = infer.fit(model, data, config_for(dataset, mode, args))
     seconds = time.perf_counter() - t0
@@ -88,40 +86,39 @@ def bench(dataset: str, data, args) -> list[dict]:
               f"({row['train_s']:.0f}s + {row['eval_s']:.0f}s)", flush=True)
         rows.append(row)
 
-    modes = set(args.modes)
-    if "feedforward" in modes:
-        model, val, s = run(dataset, data, "feedforward", args)
+    chosen = set(args.modes)
+    bayes_prior = modes.GaussianPrior(args.prior_scale, biases=True)
+    if "feedforward" in chosen:
+        model, val, s = run(dataset, data, modes.FeedForward(), args)
         log(test_row(model, data, "feedforward", "", val, s, 1))
 
-    if "pcff" in modes:
+    if "pcff" in chosen:
         best_pcff = None
         for rate in args.rates:
-            model, val, s = run(dataset, data, "pcff", args, rate=rate)
+            model, val, s = run(dataset, data, modes.PCFF(rate), args)
             log(test_row(model, data, "pcff", f"rate={rate}", val, s, 1))
             if best_pcff is None or val["accuracy"] > best_pcff[0]:
                 best_pcff = (val["accuracy"], rows[-1])
         best_pcff[1]["best"] = "*"
 
-    if modes & {"dropout", "mc-dropout"}:
+    if chosen & {"dropout", "mc-dropout"}:
         best_drop = None
         for p in args.ps:
-            model, val, s = run(dataset, data, "dropout", args, p=p)
+            model, val, s = run(dataset, data, modes.Dropout(), args, p=p)
             log(test_row(model, data, "dropout", f"p={p}", val, s, 1))
             if best_drop is None or val["accuracy"] > best_drop[0]:
                 best_drop = (val["accuracy"], rows[-1], model, p, s, val)
         best_drop[1]["best"] = "*"
         # MC dropout = the same training as dropout; only prediction differs (T masks).
         _, _, dropped, p, s, _ = best_drop
-        mc = infer.CGModel(dropped.net, dropped.likelihood, "mc-dropout")
+        mc = infer.CGModel(dropped.net, dropped.likelihood, modes.MCDropout())
         log(test_row(mc, data, "mc-dropout", f"p={p}", {}, s, samples))
 
-    if "bayes" in modes:
-        model, val, s = run(dataset, data, "bayes", args)
-        log(test_row(model, data, "bayes", f"s={args.prior_scale}", val, s, samples))
-
-    if "bayes-lrt" in modes:  # Bayesian weights with the local reparametrisation
-        model, val, s = run(dataset, data, "bayes", args, local_reparam=True)
-        log(test_row(model, data, "bayes-lrt", f"s={args.prior_scale}", val, s, samples))
+    for label, lrt in (("bayes", False), ("bayes-lrt", True)):  # bayes-lrt: local reparam.
+        if label in chosen:
+            mode = modes.BayesianWeights(prior=bayes_prior, local_reparam=lrt)
+            model, val, s = run(dataset, data, mode, args)
+            log(test_row(model, data, label, f"s={args.prior_scale}", val, s, samples))
     return rows
 
 

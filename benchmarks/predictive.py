@@ -137,7 +137,7 @@ def main(argv=None):
     net = models.mlp(IN, HIDDEN, OUT, dropout=P).to(device)
     plain = plain_dropout_mlp().to(device)
     copy_weights(net, plain)
-    model = infer.CGModel(net, infer.Categorical(60000), mode="mc-dropout").to(device)
+    model = infer.CGModel(net, infer.Categorical(60000), infer.MCDropout()).to(device)
 
     rows, notes = [], []
     for batch in args.batches:

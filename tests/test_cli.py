@@ -68,6 +68,10 @@ def test_demo_writes_json_and_plot(tmp_path):
         (["train", "--dataset", "table", "--quiet"], 1, "--table"),
         (["evaluate", "--checkpoint", "/nonexistent.pt"], 1, "no checkpoint"),
         (["train", "--model", "cnn", "--dataset", "table", "--quiet"], 1, "table"),
+        (["train", "--mode", "pcff", "--local-reparam", "--quiet"], 1,
+         "mode 'pcff' takes no parameter 'local_reparam'"),
+        (["train", "--mode", "mc-dropout", "--p", "0", "--quiet"], 1,
+         "MCDropout needs dropout nodes"),
     ],
 )
 def test_bad_arguments_give_clear_errors(argv, code, message, capsys):

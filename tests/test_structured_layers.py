@@ -62,10 +62,13 @@ def test_multilabel_zero_iterations_is_binary_cross_entropy():
 
 def test_grid_likelihood_runs_in_every_mode_and_learns_coupling():
     data = tasks.digit_strokes(n_train=40, n_val=8, n_test=8)
-    for mode in ("feedforward", "pcff", "mc-dropout"):
-        net = layers.Sequential(layers.Conv2d(1, 4, 3, padding=1), layers.Conv2d(4, 2, 1, node=None))
+    for mode in (infer.FeedForward(), infer.PCFF(0.3), infer.MCDropout()):
+        # Dropout nodes over the feature maps only where the mode uses them.
+        drop = [layers.Dropout(0.2, unit_dims=3)] if mode.uses_dropout else []
+        net = layers.Sequential(layers.Conv2d(1, 4, 3, padding=1), *drop,
+                                layers.Conv2d(4, 2, 1, node=None))
         lik = infer.GridCRFLikelihood(structured.GridMeanFieldCRF(2, num_iters=3), len(data.train))
-        model = infer.CGModel(net, lik, mode=mode, rate=0.3)
+        model = infer.CGModel(net, lik, mode)
         before = lik.crf.potts_weight.item()
         infer.fit(model, data, infer.TrainConfig(epochs=2, batch_size=8, lr=0.05, eval_samples=2,
                                                  progress=False))

@@ -8,7 +8,7 @@ changing the handler around it. Run: ``python tutorials/01_one_model_many_modes.
 import pyro
 import torch
 
-from pyrocg import handlers, models
+from pyrocg import handlers, models, modes
 from pyrocg.handlers import node_of
 from pyrocg.reference import copy_weights, plain_mlp
 
@@ -40,3 +40,12 @@ print("MC dropout: predictive std of the logits per class:", passes.std(0).mean(
 with pyro.poutine.trace() as tr:
     net(x)
 print("ancestral sampling sites:", [n for n, s in tr.trace.nodes.items() if s["type"] == "sample"])
+
+# 5. For training and prediction a mode object names these choices once (pyrocg.modes): its
+# handlers, what it needs from the network, and how many prediction passes it averages.
+for mode in (modes.FeedForward(), modes.PCFF(0.3), modes.MCDropout()):
+    mode.check(net)  # MCDropout would refuse a network without dropout nodes
+    with mode.predict_handler():
+        out = net(x)
+    print(f"{mode!r}: trains under {type(mode.train_handler()).__name__}, "
+          f"predicts with {mode.num_samples} pass(es)")
