@@ -10,7 +10,7 @@ only.
 
 Inside :func:`local_reparam`, :class:`~pyrocg.layers.Dense` and ``Conv*`` layers whose
 weights are listed sample their energies this way. :class:`pyrocg.infer.CGModel` with
-``mode="bayes", local_reparam=True`` sets it up from its mean-field guide.
+``modes.BayesianWeights(local_reparam=True)`` sets it up from its mean-field guide.
 """
 
 from __future__ import annotations
