@@ -13,14 +13,22 @@ created); validation reads a few scalars back, which synchronises a CUDA stream.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
 __all__ = [
+    "CalibrationBins",
     "accuracy",
+    "accuracy_rejection_curve",
+    "aurc",
+    "auroc",
     "brier",
+    "calibration_bins",
     "classification_metrics",
     "expected_calibration_error",
+    "fpr_at_tpr",
+    "maximum_calibration_error",
     "gaussian_nll",
     "nll",
     "predictive_from_samples",
@@ -204,12 +212,59 @@ def brier(probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (probs - one_hot).pow(2).sum(dim=1).mean()
 
 
+class CalibrationBins(NamedTuple):
+    """Per-bin statistics of the top-class confidence (see :func:`calibration_bins`).
+
+    :ivar edges: bin edges ``(n_bins + 1,)``, ``0 .. 1``.
+    :ivar count: data per bin ``(n_bins,)``.
+    :ivar confidence: mean confidence per bin ``(n_bins,)`` (0 in empty bins).
+    :ivar accuracy: accuracy per bin ``(n_bins,)`` (0 in empty bins).
+    """
+
+    edges: torch.Tensor
+    count: torch.Tensor
+    confidence: torch.Tensor
+    accuracy: torch.Tensor
+
+
+def calibration_bins(probs: torch.Tensor, y: torch.Tensor, n_bins: int = 15) -> CalibrationBins:
+    """Bin the top-class confidence ``max_k p_k`` into ``n_bins`` equal-width bins.
+
+    The one binning of pyrocg: ECE, MCE and the reliability diagram
+    (:func:`pyrocg.diagnostics.plot_reliability`) all use it. Bins are right-closed,
+    ``(i/n, (i+1)/n]`` as in Guo et al. (2017), and a confidence of exactly 0 goes into the
+    first bin (a top-class confidence is at least ``1/classes`` anyway).
+
+    :param probs: class probabilities ``(batch, classes)``.
+    :param y: integer labels ``(batch,)``.
+    :param n_bins: number of bins, ``>= 1``.
+
+    >>> b = calibration_bins(torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.4, 0.6]]),
+    ...                      torch.tensor([0, 1, 1]), n_bins=5)
+    >>> b.count, b.accuracy
+    (tensor([0., 0., 2., 0., 1.]), tensor([0.0000, 0.0000, 0.5000, 0.0000, 1.0000]))
+    """
+    probs, y = _check_classification(probs, y)
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive int, got {n_bins!r}")
+    conf, pred = probs.max(dim=1)
+    correct = (pred == y).to(probs.dtype)
+    edges = torch.linspace(0, 1, n_bins + 1, dtype=probs.dtype, device=probs.device)
+    # right=False: bin i holds edges[i] < conf <= edges[i+1], i.e. right-closed bins.
+    bins = torch.bucketize(conf, edges[1:-1], right=False)
+    count = torch.zeros(n_bins, dtype=probs.dtype, device=probs.device)
+    count.index_add_(0, bins, torch.ones_like(conf))
+    conf_sum = torch.zeros_like(count).index_add_(0, bins, conf)
+    correct_sum = torch.zeros_like(count).index_add_(0, bins, correct)
+    denom = count.clamp_min(1)
+    return CalibrationBins(edges, count, conf_sum / denom, correct_sum / denom)
+
+
 def expected_calibration_error(probs: torch.Tensor, y: torch.Tensor, n_bins: int = 15) -> torch.Tensor:
     """Expected calibration error of the top-class confidence (Guo et al., 2017).
 
-    Confidences ``max_k p_k`` fall into ``n_bins`` equal-width bins ``(i/n, (i+1)/n]``
-    (a confidence of exactly 0 goes into the first bin);
-    ``ECE = sum_b (n_b / N) |accuracy_b - mean confidence_b|``.
+    ``ECE = sum_b (n_b / N) |accuracy_b - mean confidence_b|`` over the bins of
+    :func:`calibration_bins` (right-closed, ``(i/n, (i+1)/n]``).
 
     Args:
         probs: class probabilities, shape ``(batch, classes)``.
@@ -221,34 +276,158 @@ def expected_calibration_error(probs: torch.Tensor, y: torch.Tensor, n_bins: int
     >>> round(float(expected_calibration_error(probs, torch.tensor([0, 1, 0, 0]))), 4)
     0.25
     """
+    b = calibration_bins(probs, y, n_bins)
+    return (b.count * (b.accuracy - b.confidence).abs()).sum() / b.count.sum()
+
+
+def maximum_calibration_error(probs: torch.Tensor, y: torch.Tensor, n_bins: int = 15) -> torch.Tensor:
+    """Maximum calibration error: ``max_b |accuracy_b - mean confidence_b|`` over the
+    non-empty bins of :func:`calibration_bins`.
+
+    :param probs: class probabilities ``(batch, classes)``.
+    :param y: integer labels ``(batch,)``.
+    :param n_bins: number of bins, ``>= 1``.
+
+    >>> probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.4, 0.6]])
+    >>> round(float(maximum_calibration_error(probs, torch.tensor([0, 1, 0, 0]))), 4)
+    0.4
+    """
+    b = calibration_bins(probs, y, n_bins)
+    gap = (b.accuracy - b.confidence).abs()
+    return torch.where(b.count > 0, gap, torch.zeros_like(gap)).max()
+
+
+# ------------------------------------------------------------ selective prediction, OOD
+
+
+def _check_scores(scores: object, name: str = "scores") -> torch.Tensor:
+    scores = _check_float(name, scores)
+    if scores.ndim != 1 or scores.numel() == 0:
+        raise ValueError(f"{name} must have shape (batch,) with batch > 0, got {tuple(scores.shape)}")
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return scores
+
+
+def accuracy_rejection_curve(
+    probs: torch.Tensor, y: torch.Tensor, confidence: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accuracy on the retained data when the least confident are rejected.
+
+    Data are sorted by ``confidence`` (default: the top-class probability), most confident
+    first; for ``k = 1 .. N`` the ``k`` most confident are kept.
+
+    :param probs: class probabilities ``(batch, classes)``.
+    :param y: integer labels ``(batch,)``.
+    :param confidence: optional confidence per datum ``(batch,)`` (higher = keep first),
+        e.g. minus the mutual information.
+    :returns: ``(rejected, accuracy)``, each ``(batch,)``: the fraction rejected
+        ``1 - k/N`` (from ``1 - 1/N`` down to 0) and the accuracy of the kept ``k``.
+
+    >>> rej, acc = accuracy_rejection_curve(torch.tensor([[0.9, 0.1], [0.6, 0.4]]),
+    ...                                     torch.tensor([0, 1]))
+    >>> rej, acc
+    (tensor([0.5000, 0.0000]), tensor([1.0000, 0.5000]))
+    """
     probs, y = _check_classification(probs, y)
-    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
-        raise ValueError(f"n_bins must be a positive int, got {n_bins!r}")
     conf, pred = probs.max(dim=1)
-    correct = (pred == y).to(probs.dtype)
-    inner = torch.linspace(0, 1, n_bins + 1, dtype=probs.dtype, device=probs.device)[1:-1]
-    # right=False: bin i holds inner[i-1] < conf <= inner[i], i.e. right-closed bins.
-    bins = torch.bucketize(conf, inner, right=False)
-    counts = torch.zeros(n_bins, dtype=probs.dtype, device=probs.device)
-    counts.index_add_(0, bins, torch.ones_like(conf))
-    conf_sum = torch.zeros_like(counts).index_add_(0, bins, conf)
-    correct_sum = torch.zeros_like(counts).index_add_(0, bins, correct)
-    # |sum correct - sum conf| / N per bin == (n_b / N) |acc_b - conf_b|; empty bins give 0.
-    return (correct_sum - conf_sum).abs().sum() / conf.shape[0]
+    if confidence is not None:
+        conf = _check_same("confidence", _check_scores(confidence, "confidence"), conf, "batch")
+    order = torch.argsort(conf, descending=True, stable=True)
+    correct = (pred == y)[order].to(probs.dtype)
+    k = torch.arange(1, len(y) + 1, dtype=probs.dtype, device=probs.device)
+    return 1 - k / len(y), correct.cumsum(0) / k
+
+
+def aurc(probs: torch.Tensor, y: torch.Tensor, confidence: torch.Tensor | None = None) -> torch.Tensor:
+    """Area under the risk-coverage curve (Geifman & El-Yaniv, 2017): the mean over
+    ``k = 1 .. N`` of the error rate of the ``k`` most confident data (lower is better).
+
+    :param probs: class probabilities ``(batch, classes)``.
+    :param y: integer labels ``(batch,)``.
+    :param confidence: optional confidence per datum ``(batch,)``, as in
+        :func:`accuracy_rejection_curve`.
+
+    >>> round(float(aurc(torch.tensor([[0.9, 0.1], [0.6, 0.4]]), torch.tensor([0, 1]))), 4)
+    0.25
+    """
+    _, acc = accuracy_rejection_curve(probs, y, confidence)
+    return (1 - acc).mean()
+
+
+def _check_binary(scores: object, positive: object) -> tuple[torch.Tensor, torch.Tensor]:
+    scores = _check_scores(scores)
+    positive = _check_tensor("positive", positive)
+    if positive.shape != scores.shape:
+        raise ValueError(f"positive must have shape {tuple(scores.shape)} like scores, got "
+                         f"{tuple(positive.shape)}")
+    positive = positive.to(device=scores.device, dtype=torch.bool)
+    n_pos = int(positive.sum())
+    if n_pos == 0 or n_pos == len(positive):
+        raise ValueError("AUROC/FPR need both positives and negatives")
+    return scores, positive
+
+
+def auroc(scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """Area under the ROC curve of ``scores`` for detecting ``positive`` (e.g. out-of-
+    distribution) data: the probability that a random positive scores higher than a random
+    negative, ties counting one half (Mann-Whitney U; equal to scikit-learn's
+    ``roc_auc_score(positive, scores)``).
+
+    :param scores: scores ``(batch,)``, higher = more likely positive.
+    :param positive: ``(batch,)`` bools (or 0/1).
+
+    >>> auroc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1]))
+    tensor(0.7500)
+    """
+    scores, positive = _check_binary(scores, positive)
+    # Average ranks (1-based) with ties sharing their mean rank.
+    s = scores.double()
+    uniq, inverse, counts = torch.unique(s, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).double()
+    mean_rank = ends - (counts.double() - 1) / 2
+    ranks = mean_rank[inverse]
+    n_pos = positive.sum().double()
+    n_neg = (~positive).sum().double()
+    u = ranks[positive].sum() - n_pos * (n_pos + 1) / 2
+    return (u / (n_pos * n_neg)).to(scores.dtype)
+
+
+def fpr_at_tpr(scores: torch.Tensor, positive: torch.Tensor, tpr: float = 0.95) -> torch.Tensor:
+    """False-positive rate at the largest threshold whose true-positive rate is ``>= tpr``
+    (FPR at 95% TPR for ``tpr=0.95``): the fraction of negatives scoring at least the
+    ``ceil(tpr * positives)``-th highest positive score (lower is better).
+
+    :param scores: scores ``(batch,)``, higher = more likely positive.
+    :param positive: ``(batch,)`` bools (or 0/1).
+    :param tpr: the true-positive rate, in ``(0, 1]``.
+
+    >>> fpr_at_tpr(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1]), 0.95)
+    tensor(0.5000)
+    """
+    scores, positive = _check_binary(scores, positive)
+    if not 0 < tpr <= 1:
+        raise ValueError(f"tpr must be in (0, 1], got {tpr!r}")
+    pos = torch.sort(scores[positive], descending=True).values
+    k = math.ceil(tpr * len(pos) - 1e-9)
+    threshold = pos[max(k, 1) - 1]
+    return (scores[~positive] >= threshold).to(scores.dtype).mean()
 
 
 def classification_metrics(probs: torch.Tensor, y: torch.Tensor, n_bins: int = 15) -> dict[str, float]:
-    """All classification metrics as Python floats: accuracy, nll, brier, ece.
+    """All classification metrics as Python floats: accuracy, nll, brier, ece, mce, aurc.
 
     >>> m = classification_metrics(torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.tensor([0, 1]))
     >>> sorted(m), m["accuracy"]
-    (['accuracy', 'brier', 'ece', 'nll'], 1.0)
+    (['accuracy', 'aurc', 'brier', 'ece', 'mce', 'nll'], 1.0)
     """
     return {
         "accuracy": float(accuracy(probs, y)),
         "nll": float(nll(probs, y)),
         "brier": float(brier(probs, y)),
         "ece": float(expected_calibration_error(probs, y, n_bins=n_bins)),
+        "mce": float(maximum_calibration_error(probs, y, n_bins=n_bins)),
+        "aurc": float(aurc(probs, y)),
     }
 
 
