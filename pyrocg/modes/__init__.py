@@ -28,16 +28,14 @@ accepted as shorthands, resolved by :func:`get_mode` only::
     >>> infer.predict(model, torch.randn(5, 4), num_samples=7).outputs.shape
     torch.Size([7, 5, 3])
 
-=================== ======================= ===================== ====================
-shorthand           class                   training pass         prediction
-=================== ======================= ===================== ====================
-``feedforward``     :class:`FeedForward`    feed-forward          feed-forward, 1 pass
-``pcff``            :class:`PCFF`           PCFF(rate)            feed-forward, 1 pass
-``dropout``         :class:`Dropout`        sampled dropout       feed-forward, 1 pass
-``mc-dropout``      :class:`MCDropout`      sampled dropout       T sampled passes
-``bayes``           :class:`BayesianWeights` weights ~ guide      T weight draws
-``pcff-sampling``   :class:`AncestralSampling` PCFF(rate)         T PCFF(rate) passes
-=================== ======================= ===================== ====================
+The modes, by shorthand (training pass; prediction):
+
+* ``"feedforward"`` — :class:`FeedForward`: feed-forward; one feed-forward pass.
+* ``"pcff"`` — :class:`PCFF`: PCFF(rate); one feed-forward pass.
+* ``"dropout"`` — :class:`Dropout`: dropout nodes sampled; one feed-forward pass.
+* ``"mc-dropout"`` — :class:`MCDropout`: dropout nodes sampled; T such passes averaged.
+* ``"bayes"`` — :class:`BayesianWeights`: weights drawn from the guide; T weight draws.
+* ``"pcff-sampling"`` — :class:`AncestralSampling`: PCFF(rate); T PCFF(rate) passes.
 """
 
 from __future__ import annotations
