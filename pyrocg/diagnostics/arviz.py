@@ -346,7 +346,9 @@ def _save(fig: Any, path: str | Path) -> Path:
 
 
 def _models(idata: Any) -> Mapping[str, Any]:
-    return idata if isinstance(idata, Mapping) else {"model": idata}
+    az = import_arviz()
+    # InferenceData is itself a Mapping (of groups): test for it first.
+    return {"model": idata} if isinstance(idata, az.InferenceData) else idata
 
 
 def plot_ppc(idata: arviz.InferenceData | Mapping[str, arviz.InferenceData],
@@ -366,7 +368,9 @@ def plot_ppc(idata: arviz.InferenceData | Mapping[str, arviz.InferenceData],
     models = _models(idata)
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.6), squeeze=False)
     for ax, (name, data) in zip(axes[0], models.items(), strict=True):
-        az.plot_ppc(data, ax=ax, num_pp_samples=50, random_seed=0)
+        pp = data.posterior_predictive
+        az.plot_ppc(data, ax=ax, num_pp_samples=min(50, pp.sizes["chain"] * pp.sizes["draw"]),
+                    random_seed=0)
         ax.set_title(f"PPC: {name}")
         ax.set_xlabel("y (training labels)")
         ax.set_ylabel("density")

@@ -100,7 +100,7 @@ def plot_reliability(predictions: Mapping[str, Any], y: torch.Tensor, path: str 
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_title(f"Reliability diagram ({n_bins} bins)")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     return _save(fig, path)
 
 
