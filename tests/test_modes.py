@@ -398,3 +398,12 @@ def test_predict_pyro_bad_input():
     cg = infer.CGModel(models.mlp(5, [4], 3), infer.Categorical(10))
     with pytest.raises(TypeError, match="a CGModel predicts with its own guide"):
         infer.predict(cg, torch.randn(2, 5), guide=cg.guide)
+
+
+def test_pcff_rate_patterns_must_match_a_node_site():
+    net = models.mlp(4, [8, 8], 3)
+    CGModel = infer.CGModel
+    CGModel(net, infer.Categorical(10), modes.PCFF({"hidden1": 0.5, "hid*": 0.2}))
+    for mode in (modes.PCFF({"hiden1": 0.5}), modes.AncestralSampling({"hidden1": 1.0, "x*": 1.0})):
+        with pytest.raises(ValueError, match=r"match no node site.*'hidden1', 'hidden2'"):
+            CGModel(net, infer.Categorical(10), mode)

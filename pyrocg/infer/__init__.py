@@ -20,6 +20,7 @@ from ..modes import (
 )
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
+from .discrete import infer_discrete
 from .likelihoods import (
     Categorical,
     ChainCRFLikelihood,
@@ -57,6 +58,7 @@ __all__ = [
     "Prediction",
     "predict",
     "predict_pyro",
+    "infer_discrete",
     "TrainConfig",
     "TrainingDiverged",
     "fit",

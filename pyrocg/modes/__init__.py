@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fnmatch
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from numbers import Real
@@ -248,6 +249,27 @@ class PCFF(Mode):
     def train_handler(self) -> Messenger:
         return handlers.pcff(self.rate, default=self.default)
 
+    def check(self, net: nn.Module) -> None:
+        super().check(net)
+        _check_patterns(self, net)
+
+
+def _check_patterns(mode: PCFF | AncestralSampling, net: nn.Module) -> None:
+    """A rate pattern that matches no node site is a typo: it would silently leave those
+    sites at the default rate."""
+    if not isinstance(mode.rate, Mapping):
+        return
+    names = set()
+    for m in net.modules():
+        if isinstance(m, CGLayer) and m.node is not None:
+            names.add(m.site_name)
+            names.add(f"{m.site_name}.t0")  # IndRNN: one site per time step
+    unmatched = [p for p in mode.rate if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    if unmatched:
+        raise ValueError(
+            f"{type(mode).__name__}: rate pattern(s) {unmatched} match no node site of this "
+            f"network; its node sites are {sorted(n for n in names if not n.endswith('.t0'))}")
+
 
 @dataclass(frozen=True, repr=False)
 class Dropout(Mode):
@@ -296,6 +318,10 @@ class AncestralSampling(Mode):
 
     def predict_handler(self) -> Messenger:
         return handlers.pcff(self.rate, default=self.default)
+
+    def check(self, net: nn.Module) -> None:
+        super().check(net)
+        _check_patterns(self, net)
 
 
 GuideSpec = nn.Module | type | Callable[[WeightModel], nn.Module] | None
