@@ -205,3 +205,11 @@ def test_write_diagnostic_plots(tmp_path):
                      "rejection.png", "reliability.png"]
     for p in paths:
         assert p.stat().st_size > 10_000 and p.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_temperature_is_bounded_when_validation_has_no_errors():
+    logits = torch.tensor([[4.0, 0.0], [0.0, 3.0]], dtype=torch.float64)
+    tau = diagnostics.fit_temperature(logits, torch.tensor([0, 1]))
+    assert tau == pytest.approx(0.05, rel=1e-3)  # the NLL falls all the way to the bound
+    with pytest.raises(ValueError, match="bounds"):
+        diagnostics.fit_temperature(logits, torch.tensor([0, 1]), bounds=(1.0, 0.5))
