@@ -158,6 +158,9 @@ def plot_uncertainty_histograms(scores: Mapping[str, Mapping[str, torch.Tensor]]
         edges = torch.linspace(0, max(hi, 1e-6), bins + 1).numpy()
         for label, v in values.items():
             ax.hist(v.numpy(), edges, density=True, histtype="step", lw=1.5, label=label)
+        if hi == 0:
+            ax.text(0.5, 0.5, "all zero\n(one deterministic pass)", ha="center",
+                    va="center", transform=ax.transAxes)
         ax.set_title(f"{title}: {name}")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("density")
@@ -237,7 +240,7 @@ def write_diagnostic_plots(
                 right = _mean(p).argmax(-1) == y
                 scores[name] = {"correct": u[right], "wrong": u[~right]}
         written.append(plot_uncertainty_histograms(scores, directory / f"{fname}.png",
-                                                   xlabel=label, title=label.split(" (")[0]))
+                                                   xlabel=label, title=label.split(" (")[0].capitalize()))
     if idata is not None:
         from .arviz import plot_loo_pit, plot_ppc
 
