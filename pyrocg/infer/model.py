@@ -7,6 +7,7 @@ from typing import Any
 import pyro.poutine as poutine
 import torch
 from pyro.infer import Trace_ELBO
+from pyro.poutine.runtime import am_i_wrapped
 from torch import nn
 
 from ..modes import GaussianPrior, Mode, WeightDraw, get_mode
@@ -79,11 +80,39 @@ class CGModel(nn.Module):
         return self.likelihood.model(run, x, y)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Differentiable negative ELBO per datum of the data set, on a mini-batch."""
+        """Differentiable negative ELBO per datum of the data set, on a mini-batch.
+
+        When the mode's objective has its closed form (point weights, every node site decided
+        by the mode: :attr:`~pyrocg.modes.Mode.closed_form_objective`), the likelihood is
+        the standard one and no Pyro handler is active, the loss is computed directly — the
+        same value, gradient and random draws as :meth:`pyro_loss`, without tracing the
+        model on every step. Otherwise it is :meth:`pyro_loss`.
+        """
+        if self._closed_form and not am_i_wrapped():
+            return self._closed_form_loss(x, y)
+        return self.pyro_loss(x, y)
+
+    def pyro_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """:meth:`loss` through Pyro's ``Trace_ELBO`` on :meth:`model` and :attr:`guide` (the
+        reference, and the path for every mode)."""
         scale = 1.0 / self.dataset_size
         return self.elbo.differentiable_loss(
             poutine.scale(self.model, scale), poutine.scale(self.guide, scale), x, y
         )
+
+    @property
+    def _closed_form(self) -> bool:
+        return (self.mode.closed_form_objective and self.elbo.num_particles == 1
+                and type(self.likelihood).model is Likelihood.model)
+
+    def _closed_form_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # The model's terms: the labels' log-likelihood, scaled by the data plate (N / batch),
+        # and the prior factor; node sites add nothing and the guide is empty.
+        with self.mode.train_handler():
+            output = self.likelihood.output(self.net, x)
+        log_lik = self.likelihood.log_likelihood(output, y).sum()
+        n = self.dataset_size
+        return -(log_lik * (n / x.shape[0]) + self.mode.log_prior(self.net, self.prior)) / n
 
     def initialize(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Create lazily built parameters (an autoguide's) by running the guide once on a

@@ -19,6 +19,7 @@ import pyro.poutine as poutine
 import torch
 
 from ..layers import ROLE_KEY
+from ..validation import check_finite
 from .model import CGModel
 
 __all__ = ["Prediction", "predict", "predict_pyro"]
@@ -120,6 +121,7 @@ def predict(
                         "with its own guide, vectorised")
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x))}")
+    check_finite(x, "x")
     stochastic = model.mode.stochastic_prediction
     if num_samples is None:
         num_samples = model.mode.num_samples

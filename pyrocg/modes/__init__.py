@@ -142,6 +142,11 @@ class Mode:
     uses_nodes: ClassVar[bool] = False
     #: Weights are random (they have a guide), not point estimates.
     random_weights: ClassVar[bool] = False
+    #: The training objective is exactly the data log-likelihood of the handled network plus
+    #: :meth:`log_prior`: the training handler decides every node site (no log-density) and
+    #: the weights are points. :class:`~pyrocg.infer.CGModel` then computes the loss
+    #: directly instead of tracing the model on every step (same value and gradient).
+    closed_form_objective: ClassVar[bool] = True
 
     @property
     def num_samples(self) -> int:
@@ -205,6 +210,11 @@ class Mode:
     def predict_weights(self, net: nn.Module, guide: nn.Module, *args: Any) -> WeightDraw:
         """The weights of one prediction pass (no sample sites escape): the point weights."""
         return WeightDraw()
+
+    def log_prior(self, net: nn.Module, prior: GaussianPrior | None) -> torch.Tensor | float:
+        """``log p(w)`` of the point weights (the factor :meth:`weight_model` adds), for the
+        closed-form objective."""
+        return 0.0 if prior is None else prior.log_prob(net)
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}"
@@ -352,6 +362,7 @@ class BayesianWeights(Mode):
     """
 
     name: ClassVar[str] = "bayes"
+    closed_form_objective: ClassVar[bool] = False
     stochastic_prediction: ClassVar[bool] = True
     random_weights: ClassVar[bool] = True
     prior: GaussianPrior | None = None
