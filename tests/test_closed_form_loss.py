@@ -57,3 +57,20 @@ def test_pyro_path_when_a_handler_is_active_or_weights_are_random():
     crf = infer.CGModel(models.mlp(7, [5], 3), infer.ChainCRFLikelihood(
         __import__("pyrocg").layers.ChainCRF(3), 10), "feedforward")
     assert not crf._closed_form
+
+
+def test_pyrosample_priors_on_the_net_take_pyros_path():
+    import pyro.distributions as dist
+    from pyro.nn import PyroSample
+
+    cg = _model(modes.FeedForward(), "categorical", False)
+    assert cg._closed_form
+    cg.net.out.bias = PyroSample(dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+    assert not cg._closed_form
+    x, y = torch.randn(8, 7), torch.randint(0, 3, (8,))
+    with pytest.warns(UserWarning, match="model but not guide"):  # Pyro's own warning
+        pyro.set_rng_seed(1)
+        a = cg.loss(x, y)
+        pyro.set_rng_seed(1)
+        b = cg.pyro_loss(x, y)
+    assert torch.equal(a, b)

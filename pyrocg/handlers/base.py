@@ -171,5 +171,7 @@ class CGMessenger(Messenger):
                 value = node.rsample_where(bernoulli(action, shape, e.dtype, e.device))
         msg["value"] = value
         msg["is_observed"] = True
+        if _PYRO_STACK[0] is self and len(_PYRO_STACK) == 1:
+            return  # nothing but this handler sees the site: no need to dress it up
         msg["fn"] = _deterministic_like(fn, msg["cond_indep_stack"])
         msg["infer"] = {**infer, HANDLED_KEY: True}

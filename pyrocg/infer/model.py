@@ -102,8 +102,10 @@ class CGModel(nn.Module):
 
     @property
     def _closed_form(self) -> bool:
+        # PyroSample priors put on the net by hand are latent sites of the model: Pyro's path.
         return (self.mode.closed_form_objective and self.elbo.num_particles == 1
-                and type(self.likelihood).model is Likelihood.model)
+                and type(self.likelihood).model is Likelihood.model
+                and not any(m.__dict__.get("_pyro_samples") for m in self.net.modules()))
 
     def _closed_form_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # The model's terms: the labels' log-likelihood, scaled by the data plate (N / batch),
