@@ -62,27 +62,55 @@ def test_demo_writes_json_and_plot(tmp_path):
     "argv, code, message",
     [
         (["train", "--rate", "1.5"], 2, "--rate must be in [0, 1]"),
-        (["train", "--p", "1.0"], 2, "--p must be in [0, 1)"),
-        (["train", "--dataset", "fashion-mnist", "--data-dir", "/nonexistent", "--quiet"], 1,
+        (["train", "--mode", "mc-dropout", "--p", "1.0"], 2, "--p must be in [0, 1)"),
+        (["train", "--dataset", "fashion-mnist", "--data-dir", "/nonexistent", "--quiet"], 2,
          "apt-get install dataset-fashion-mnist"),
-        (["train", "--dataset", "table", "--quiet"], 1, "--table"),
-        (["evaluate", "--checkpoint", "/nonexistent.pt"], 1, "no checkpoint"),
-        (["train", "--model", "cnn", "--dataset", "table", "--quiet"], 1, "table"),
-        (["train", "--mode", "pcff", "--local-reparam", "--quiet"], 1,
-         "mode 'pcff' takes no parameter 'local_reparam'"),
-        (["train", "--mode", "mc-dropout", "--p", "0", "--quiet"], 1,
-         "MCDropout needs dropout nodes"),
+        (["train", "--dataset", "table", "--quiet"], 2, "--table"),
+        (["evaluate", "--checkpoint", "/nonexistent.pt"], 2, "--checkpoint /nonexistent.pt: no such"),
+        (["train", "--model", "cnn", "--dataset", "table", "--table", "t.csv", "--quiet"], 2,
+         "--model cnn needs image inputs; --dataset table"),
+        (["train", "--mode", "pcff", "--local-reparam", "--quiet"], 2,
+         "--local-reparam applies only to bayes"),
+        (["train", "--mode", "mc-dropout", "--p", "0", "--quiet"], 2,
+         "--mode mc-dropout needs them"),
+        (["train", "--mode", "gibbs"], 2, "argument --mode: invalid choice: 'gibbs'"),
     ],
 )
 def test_bad_arguments_give_clear_errors(argv, code, message, capsys):
     assert main(argv) == code
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
 
 
-def test_unknown_mode_is_rejected_by_the_parser(capsys):
-    with pytest.raises(SystemExit):
-        main(["train", "--mode", "gibbs"])
-    assert "invalid choice: 'gibbs'" in capsys.readouterr().err
+def test_resume_refuses_another_mode_or_model_listing_the_differences(tmp_path, capsys):
+    ck = tmp_path / "run.pt"
+    assert main(["train", "--epochs", "1", "--quiet", "--checkpoint", str(ck), "--samples", "2",
+                 "--batch-size", "256"]) == 0
+    capsys.readouterr()
+    before = ck.read_bytes()
+    assert main(["train", "--epochs", "2", "--quiet", "--checkpoint", str(ck), "--resume",
+                 "--mode", "pcff", "--model", "cnn", "--samples", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--mode pcff (checkpoint: feedforward)" in err
+    assert "--model cnn (checkpoint: mlp)" in err and err.count("\n") == 1
+    assert ck.read_bytes() == before  # the refused run touched nothing
+
+
+def test_resume_applies_and_reports_more_epochs_refuses_a_new_lr(tmp_path, capsys):
+    ck = tmp_path / "run.pt"
+    assert main(["train", "--epochs", "1", "--quiet", "--checkpoint", str(ck), "--samples", "2",
+                 "--batch-size", "256"]) == 0
+    assert main(["train", "--resume", "--checkpoint", str(ck), "--lr", "0.01", "--quiet",
+                 "--samples", "2"]) == 2
+    assert "--lr 0.01 (checkpoint: 0.001)" in capsys.readouterr().err
+    out = tmp_path / "r.json"
+    # Flags left out take the checkpoint's values (here --batch-size 256).
+    assert main(["train", "--resume", "--checkpoint", str(ck), "--epochs", "2", "--quiet",
+                 "--samples", "2", "--json", str(out)]) == 0
+    assert "training to --epochs 2 (its run was started with --epochs 1)" in \
+        capsys.readouterr().err
+    result = json.loads(out.read_text())
+    assert result["spec"]["batch_size"] == 256 and len(result["history"]) == 2
 
 
 def test_train_is_reproducible_under_a_seed_whatever_ran_before(tmp_path):

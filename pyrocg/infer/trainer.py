@@ -166,6 +166,7 @@ def fit(
     checkpoint: str | Path | None = None,
     resume: bool = False,
     meta: dict[str, Any] | None = None,
+    lock: CheckpointLock | None = None,
 ) -> list[dict]:
     """Train ``model`` on ``data.train``, validating on ``data.val`` after every epoch.
 
@@ -179,6 +180,9 @@ def fit(
         stored as ``checkpoint["meta"]`` in *every* checkpoint from epoch 1 on -- e.g. the model
         specification needed to rebuild the model -- so that the checkpoint of an interrupted
         or diverged run describes itself. On resume, ``None`` keeps the checkpoint's ``meta``.
+    :param lock: a :class:`~pyrocg.infer.checkpoint.CheckpointLock` of ``checkpoint`` that the
+        caller already holds (e.g. taken before loading the data, as ``pyrocg train`` does);
+        ``fit`` then takes none of its own and leaves releasing it to the caller.
     :returns: the history, one dict per epoch (loss, validation metrics, seconds, lr).
     :raises TypeError: if ``data`` is not a :class:`~pyrocg.data.DataSplits` (e.g. a tuple),
         or ``meta`` holds values a checkpoint cannot.
@@ -212,7 +216,11 @@ def fit(
     for split in ("train", "val"):
         check_finite(getattr(data, split).x, f"data.{split}.x")
         check_finite(getattr(data, split).y, f"data.{split}.y")
-    if checkpoint is None or ddp.rank() != 0:  # rank 0 alone writes checkpoints
+    if lock is not None and not (isinstance(lock, CheckpointLock) and lock.held
+                                 and checkpoint is not None and lock.path == Path(checkpoint)):
+        raise ValueError(f"lock must be a held CheckpointLock of checkpoint {checkpoint!r}, "
+                         f"got {lock!r}")
+    if checkpoint is None or ddp.rank() != 0 or lock is not None:  # rank 0 alone writes
         return _fit(model, data, config, checkpoint, resume, meta)
     with CheckpointLock(checkpoint):
         return _fit(model, data, config, checkpoint, resume, meta)
