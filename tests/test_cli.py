@@ -1,8 +1,12 @@
 """The pyrocg command as a user runs it."""
 
 import json
+import os
+import signal
+import time
 
 import pytest
+import torch
 
 from pyrocg.cli import main
 
@@ -125,3 +129,70 @@ def test_train_is_reproducible_under_a_seed_whatever_ran_before(tmp_path):
     strip = lambda d: {k: v for k, v in d.items() if k != "seconds"}  # noqa: E731
     assert strip(outs[0]["test"]) == strip(outs[1]["test"])
     assert outs[0]["history"][-1]["loss"] == outs[1]["history"][-1]["loss"]
+
+
+def _spawn(argv, cwd):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYROCG_DEBUG"}
+    return subprocess.Popen([sys.executable, "-m", "pyrocg.cli", *argv], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path, proc, timeout=300.0):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"exited {proc.returncode} early: {proc.communicate()}")
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+LONG_RUN = ["train", "--epochs", "1000", "--batch-size", "256", "--samples", "2", "--quiet"]
+
+
+def test_a_second_run_on_the_same_checkpoint_fails_at_once(tmp_path):
+    """Two `pyrocg train` processes on one checkpoint path: the second stops before it
+    loads data, with one line naming the path and the lock; the first is not disturbed."""
+    ck = tmp_path / "run.pt"
+    first = _spawn([*LONG_RUN, "--checkpoint", str(ck)], tmp_path)
+    try:
+        _wait_for(ck, first)  # the first run holds the lock and has finished epoch 1
+        second = _spawn([*LONG_RUN, "--checkpoint", str(ck), "--json", "second.json"], tmp_path)
+        out, err = second.communicate(timeout=120)
+        assert second.returncode == 1
+        assert err.splitlines() == [err.strip()] and "Traceback" not in err
+        assert f"{ck} is in use by another run (process {first.pid}" in err
+        assert out == "" and not (tmp_path / "second.json").exists()
+        assert first.poll() is None  # still training
+    finally:
+        first.send_signal(signal.SIGINT)
+        out, err = first.communicate(timeout=120)
+    assert first.returncode == 130
+    assert err.strip().splitlines()[-1] == (
+        f"pyrocg: interrupted; the checkpoint of the last finished epoch is kept at {ck}")
+    assert not (tmp_path / "run.pt.lock").exists()
+
+
+def test_evaluate_and_resume_a_checkpoint_left_by_a_killed_run(tmp_path, capsys):
+    """A run killed (SIGKILL) after its first epochs left a self-describing checkpoint and a
+    stale lock: `evaluate` works on it, and `--resume` takes the lock over and continues."""
+    ck = tmp_path / "run.pt"
+    run = _spawn([*LONG_RUN, "--mode", "mc-dropout", "--checkpoint", str(ck)], tmp_path)
+    try:
+        _wait_for(ck, run)
+    finally:
+        run.kill()
+        run.communicate(timeout=60)
+    assert (tmp_path / "run.pt.lock").exists()  # left behind by the killed process
+    done = torch.load(ck, weights_only=True)["epoch"]
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--checkpoint", str(ck), "--samples", "5", "--json", str(out)]) == 0
+    evaluated = json.loads(out.read_text())
+    assert evaluated["epoch"] == done and evaluated["spec"]["mode"] == "mc-dropout"
+    assert evaluated["test"]["accuracy"] > 0.3  # better than chance (0.1) after an epoch
+    assert main(["train", "--resume", "--checkpoint", str(ck), "--epochs", str(done + 1),
+                 "--samples", "2", "--quiet", "--json", str(out)]) == 0
+    assert [h["epoch"] for h in json.loads(out.read_text())["history"]] == list(range(1, done + 2))
+    assert not (tmp_path / "run.pt.lock").exists()

@@ -55,23 +55,26 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else 0
-    except UsageError as err:
-        status, message = 2, f"error: {_one_line(err)}"
-    except KeyboardInterrupt:
+    except BaseException as exc:  # noqa: B036 -- every error ends as one line and a status
+        status, message = _report(exc, args)
+        if debug:
+            traceback.print_exception(exc)
+        print(f"pyrocg: {message}", file=sys.stderr)
+        return status
+
+
+def _report(exc: BaseException, args) -> tuple[int, str]:
+    """The exit status and the one line that report ``exc``."""
+    if isinstance(exc, UsageError):
+        return 2, f"error: {_one_line(exc)}"
+    if isinstance(exc, KeyboardInterrupt):
         ck = getattr(args, "checkpoint", None)
         kept = (f"; the checkpoint of the last finished epoch is kept at {ck}"
                 if ck and getattr(args, "command", "") == "train" and os.path.exists(ck) else "")
-        status, message = 130, f"interrupted{kept}"
-    except CheckpointLockedError as err:
-        status, message = 1, f"error: {_one_line(err)}"
-    except (ValueError, OSError, MemoryError) as err:
-        # Messages of pyrocg's ValueErrors (CheckpointError, data errors) and of OSErrors
-        # name the file or argument; the type adds nothing.
-        status, message = 1, f"error: {_one_line(err)}"
-    except Exception as err:  # anything else: the type helps, the traceback is behind --debug
-        status, message = 1, f"error: {type(err).__name__}: {_one_line(err)} (run with --debug " \
-            "for the traceback)"
-    if debug:
-        traceback.print_exc()
-    print(f"pyrocg: {message}", file=sys.stderr)
-    return status
+        return 130, f"interrupted{kept}"
+    if isinstance(exc, (ValueError, OSError, MemoryError, CheckpointLockedError)):
+        # pyrocg's messages (CheckpointError, data errors, locks) and OSError's name the file
+        # or the argument; the type adds nothing.
+        return 1, f"error: {_one_line(exc)}"
+    # Anything else: the type helps; the traceback is behind --debug.
+    return 1, f"error: {type(exc).__name__}: {_one_line(exc)} (run with --debug for the traceback)"

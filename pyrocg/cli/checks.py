@@ -84,7 +84,7 @@ def _is_real(v: object) -> bool:
 def _int_in(name: str, v: object, low: int, high: int | None = None) -> int:
     """``v`` as an int in ``[low, high)`` (``high=None``: no upper bound)."""
     if not _is_int(v) or v < low or (high is not None and v >= high):
-        bounds = f"in [{low}, {high})" if high is not None else f">= {low}"
+        bounds = f"from {low} to {high - 1}" if high is not None else f">= {low}"
         raise UsageError(f"{name} must be an integer {bounds}, got {v!r}")
     return int(v)
 
@@ -404,9 +404,11 @@ def check_saved_spec(spec: Any, path: str | os.PathLike) -> dict[str, Any]:
 RESUMABLE_CHANGES = ("epochs",)
 
 
-def resume_differences(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
+def resume_differences(saved: dict[str, Any], new: dict[str, Any],
+                       given: dict[str, Any] | None = None) -> list[str]:
     """``"--flag NEW (checkpoint: OLD)"`` for every setting that differs, except those in
-    :data:`RESUMABLE_CHANGES`."""
+    :data:`RESUMABLE_CHANGES`; only flags in ``given`` (not ``None``) if it is given -- the
+    others follow from them (a new --mode brings its default --rate)."""
     def show(v: Any) -> str:
         if v is None:
             return "not set"
@@ -415,4 +417,5 @@ def resume_differences(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
         return str(v)
 
     return [f"{flag(k)} {show(new[k])} (checkpoint: {show(saved.get(k))})"
-            for k in SPEC_KEYS if k not in RESUMABLE_CHANGES and new[k] != saved.get(k)]
+            for k in SPEC_KEYS if k not in RESUMABLE_CHANGES and new[k] != saved.get(k)
+            and (given is None or given.get(k) is not None)]

@@ -129,7 +129,7 @@ def _check_train_inputs(spec: dict, given: dict) -> None:
             given[key] = spec[key]
 
 
-def _resume_spec(ck: Path, given: dict[str, Any]) -> dict:
+def _resume_spec(ck: Path, given: dict[str, Any]) -> tuple[dict, Any]:
     """The spec of the run ``ck`` continues; flags given must not change it (but --epochs)."""
     state = infer.load_checkpoint(ck, map_location="cpu")
     saved = _spec_of(state, str(ck))
@@ -140,7 +140,7 @@ def _resume_spec(ck: Path, given: dict[str, Any]) -> dict:
         if given.get(key) is not None:
             given[key] = str(Path(given[key]).resolve())
     spec = resolve_train_spec(given, saved)
-    diffs = resume_differences(saved, spec)
+    diffs = resume_differences(saved, spec, given)
     if diffs:
         raise UsageError(
             f"--resume: the arguments differ from the run in {ck}: {'; '.join(diffs)}. Leave "
@@ -153,9 +153,25 @@ def _resume_spec(ck: Path, given: dict[str, Any]) -> dict:
     if spec["epochs"] != saved["epochs"]:
         note(f"resuming {ck} after epoch {done}: training to --epochs {spec['epochs']} "
              f"(its run was started with --epochs {saved['epochs']})")
-    else:
-        note(f"resuming {ck} after epoch {done} of {spec['epochs']}")
-    return spec
+    return spec, state["model"]
+
+
+def check_weights(model: infer.CGModel, weights: Any, ck: Path, spec: dict) -> None:
+    """The checkpoint's weights fit ``model`` (built from its spec): a summary, not a dump."""
+    own = model.state_dict()
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"{ck}: has no 'model' weights")
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shaped = [k for k in own if k in weights and (not isinstance(weights[k], torch.Tensor)
+                                                 or weights[k].shape != own[k].shape)]
+    parts = [f"{len(keys)} {what} (e.g. {keys[0]})" for keys, what in (
+        (missing, "missing"), (unexpected, "unexpected"), (shaped, "of another shape")) if keys]
+    if parts:
+        raise CheckpointError(
+            f"{ck}: its weights do not fit the model its spec describes (--model {spec['model']} "
+            f"--mode {spec['mode']} on {spec['dataset']}): {'; '.join(parts)} entries; the file "
+            "was altered or mixes two runs")
 
 
 def cmd_train(args) -> int:
@@ -186,13 +202,16 @@ def cmd_train(args) -> int:
     lock = CheckpointLock(ck).acquire() if ck is not None and main_rank else None
     try:
         if args.resume:
-            spec = _resume_spec(ck, given)
+            spec, weights = _resume_spec(ck, given)
             _check_train_inputs(spec, given)
             check_distinct({"--checkpoint": ck, "--json": out},
                            {"--table": Path(spec["table"]) if spec["table"] else None})
         data = load_data(spec, device)
         pyro.set_rng_seed(spec["seed"])  # initial weights depend on the seed only
         model = build_model(spec, data).to(device)
+        if args.resume:
+            model.initialize(data.train.x[: spec["batch_size"]], data.train.y[: spec["batch_size"]])
+            check_weights(model, weights, ck, spec)
         config = infer.TrainConfig(
             epochs=spec["epochs"], batch_size=spec["batch_size"], optimizer=spec["optimizer"],
             lr=spec["lr"], milestones=tuple(spec["milestones"]), seed=spec["seed"],
@@ -223,18 +242,12 @@ def cmd_evaluate(args) -> int:
     check_distinct({"--json": out}, {"--checkpoint": ck})
     state = infer.load_checkpoint(ck, map_location=device)
     spec = _spec_of(state, str(ck))
-    if not isinstance(state.get("model"), dict):
-        raise CheckpointError(f"{ck}: has no 'model' weights")
     data = load_data(spec, device)
     pyro.set_rng_seed(spec["seed"])  # initial weights depend on the seed only
     model = build_model(spec, data).to(device)
     model.initialize(data.train.x[:2], data.train.y[:2])
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-        reason = " ".join(str(exc).split())[:300]
-        raise CheckpointError(f"{ck}: its weights do not fit the model its spec describes "
-                              f"({reason})") from None
+    check_weights(model, state.get("model"), ck, spec)
+    model.load_state_dict(state["model"])
     if seed is not None:
         pyro.set_rng_seed(seed)  # the prediction's draws
     result = infer.evaluate(model, data.test.x, data.test.y, args.samples)
