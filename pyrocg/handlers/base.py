@@ -22,6 +22,10 @@ fine. Replaying such a trace from *outside* the handler reproduces its values.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
+import torch
 from pyro.distributions.torch_distribution import MaskedDistribution
 from pyro.distributions.util import broadcast_shape
 from pyro.poutine.condition_messenger import ConditionMessenger
@@ -31,7 +35,7 @@ from pyro.poutine.plate_messenger import PlateMessenger
 from pyro.poutine.replay_messenger import ReplayMessenger
 from pyro.poutine.runtime import _PYRO_STACK
 
-from ..layers.base import ROLE_KEY
+from ..layers.base import DIRECT_DECIDER, ROLE_KEY
 from ..nodes import CGNode
 from ..nodes._random import bernoulli
 
@@ -129,6 +133,20 @@ class _NoDensity(MaskedDistribution):
         return value.new_zeros(()).expand(shape)
 
 
+def _value(action, node: CGNode) -> torch.Tensor:
+    """The value a handler's ``action`` gives a site of ``node``."""
+    if action == FEEDFORWARD:
+        return node.feedforward
+    if action == SAMPLE:
+        # Draw exactly as Pyro's default would (rsample where there is one), so that a fully
+        # sampled site reproduces the unhandled model under the same seed.
+        return node.rsample() if node.has_rsample else node.sample()
+    # Per element: a draw with probability `action`, else the statistic.
+    e = node.energy
+    return node.rsample_where(bernoulli(action, node.batch_shape + node.event_shape, e.dtype,
+                                        e.device))
+
+
 class CGMessenger(Messenger):
     """Base class of the mode handlers; subclasses implement :meth:`choose`."""
 
@@ -139,6 +157,26 @@ class CGMessenger(Messenger):
         """Return ``FEEDFORWARD``, ``SAMPLE``, a rate in ``(0, 1)`` (per-element PCFF mix),
         or ``None`` to leave the site alone."""
         raise NotImplementedError
+
+    def decide(self, name: str, role: str, node: CGNode) -> torch.Tensor | None:
+        """The value this handler gives a site ``name`` of ``role`` with nothing else around
+        it, or ``None`` to leave the site alone."""
+        action = self.choose(name, role)
+        return None if action is None else _value(action, node)
+
+    @contextlib.contextmanager
+    def deciding(self) -> Iterator[None]:
+        """Within the block this handler decides the chain-graph sites directly instead of
+        through Pyro's effect stack — the same values and random draws, without building
+        each site's message. Only while no Pyro handler is active (otherwise sites go
+        through ``pyro.sample`` as usual); for objectives that read nothing but the output,
+        such as :class:`~pyrocg.infer.CGModel`'s closed-form loss.
+        """
+        token = DIRECT_DECIDER.set(self.decide)
+        try:
+            yield
+        finally:
+            DIRECT_DECIDER.reset(token)
 
     def _pyro_sample(self, msg) -> None:
         if msg["is_observed"] or msg["value"] is not None or msg.get("done"):
@@ -156,19 +194,10 @@ class CGMessenger(Messenger):
         fn = msg["fn"]
         if given is not None:
             value = given
-        elif action == FEEDFORWARD:
-            value = node_of(fn).feedforward
         else:
-            fn = _broadcast_to_outer_plates(self, fn)
-            if action == SAMPLE:
-                # Draw exactly as Pyro's default would (rsample where there is one), so that
-                # a fully sampled site reproduces the unhandled model under the same seed.
-                value = fn(*msg["args"], **msg["kwargs"])
-            else:  # per element: a draw with probability `action`, else the statistic
-                node = node_of(fn)
-                shape = node.batch_shape + node.event_shape
-                e = node.energy
-                value = node.rsample_where(bernoulli(action, shape, e.dtype, e.device))
+            if action != FEEDFORWARD:
+                fn = _broadcast_to_outer_plates(self, fn)
+            value = _value(action, node_of(fn))
         msg["value"] = value
         msg["is_observed"] = True
         if _PYRO_STACK[0] is self and len(_PYRO_STACK) == 1:

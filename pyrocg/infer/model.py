@@ -103,14 +103,17 @@ class CGModel(nn.Module):
     @property
     def _closed_form(self) -> bool:
         # PyroSample priors put on the net by hand are latent sites of the model: Pyro's path.
+        modules = self.__dict__.get("_module_list")
+        if modules is None:  # the net's modules, listed once (walking them costs per step)
+            modules = self.__dict__["_module_list"] = list(self.net.modules())
         return (self.mode.closed_form_objective and self.elbo.num_particles == 1
                 and type(self.likelihood).model is Likelihood.model
-                and not any(m.__dict__.get("_pyro_samples") for m in self.net.modules()))
+                and not any(m.__dict__.get("_pyro_samples") for m in modules))
 
     def _closed_form_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # The model's terms: the labels' log-likelihood, scaled by the data plate (N / batch),
         # and the prior factor; node sites add nothing and the guide is empty.
-        with self.mode.train_handler():
+        with self.mode.train_handler().deciding():
             output = self.likelihood.output(self.net, x)
         log_lik = self.likelihood.log_likelihood(output, y).sum()
         n = self.dataset_size

@@ -10,10 +10,12 @@ extra leading dimensions (vectorised particles, MC samples) pass through.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 
 import pyro
 import torch
 from pyro.nn import PyroModule
+from pyro.poutine.runtime import am_i_wrapped
 from torch import nn
 
 from ..nodes import CGNode, resolve_node
@@ -28,6 +30,8 @@ __all__ = [
     "check_input",
     "broadcast_apply",
     "linear",
+    "sample_site",
+    "DIRECT_DECIDER",
 ]
 
 #: Key in a sample site's ``infer`` dict that marks chain-graph sites, and its values.
@@ -87,6 +91,32 @@ def broadcast_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     return y.expand(x.shape[:lead] + y.shape[lead:])
 
 
+#: A callable ``(name, role, node) -> value | None`` that decides sites without Pyro's effect
+#: stack (:meth:`pyrocg.handlers.CGMessenger.deciding`), or ``None``.
+DIRECT_DECIDER: ContextVar[Callable | None] = ContextVar("pyrocg_direct_decider", default=None)
+
+
+def sample_site(name: str, node: CGNode, unit_dims: int, role: str,
+                enumerable: bool = True) -> torch.Tensor:
+    """Emit ``node`` (one unit per element of its trailing ``unit_dims``) as the sample site
+    ``name`` of ``role`` and return its value.
+
+    Inside a mode handler's :meth:`~pyrocg.handlers.CGMessenger.deciding` block, with no
+    Pyro handler listening, the handler decides the value directly (the same value and
+    draws as through ``pyro.sample``, without building the site's message).
+    """
+    decide = DIRECT_DECIDER.get()
+    if decide is not None and not am_i_wrapped():
+        value = decide(name, role, node)
+        if value is not None:
+            return value
+    if enumerable:
+        fn = site_distribution(node, unit_dims, name)
+    else:
+        fn = node.to_event(unit_dims) if unit_dims else node
+    return pyro.sample(name, fn, infer={ROLE_KEY: role})
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``F.linear``, also for weights with batch dims ``(*w_batch, out, in)``: vectorised
     weight draws (``Predictive(parallel=True)``, vectorised ELBO particles over
@@ -129,9 +159,8 @@ class CGLayer(PyroModule):
         """Emit the nodes with this energy as one sample site and return their value."""
         if self._node_factory is None:
             return energy
-        name = name or self.site_name
-        fn = site_distribution(self._node_factory(energy), self.unit_dims, name)
-        return pyro.sample(name, fn, infer={ROLE_KEY: NODE_ROLE})
+        return sample_site(name or self.site_name, self._node_factory(energy), self.unit_dims,
+                           NODE_ROLE)
 
     def extra_repr(self) -> str:
         return f"node={self.node!r}"

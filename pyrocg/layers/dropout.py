@@ -4,14 +4,55 @@ from __future__ import annotations
 
 import math
 
-import pyro
 import torch
 from pyro.nn import PyroModule
 
 from ..nodes import BinaryNode
-from .base import DROPOUT_ROLE, ROLE_KEY
+from ..nodes._random import bernoulli
+from .base import DROPOUT_ROLE, sample_site
 
-__all__ = ["Dropout"]
+__all__ = ["Dropout", "MaskNode"]
+
+
+class MaskNode(BinaryNode):
+    """The dropout node: :class:`~pyrocg.nodes.BinaryNode` on ``{0, 1/keep}`` with the same
+    probability ``keep`` everywhere (the energy is one value expanded over the layer), known
+    as a number — so draws need no pass over the energies and its mean is exactly 1, as in
+    ``torch.nn.Dropout``'s ``eval()``.
+
+    :param energy: the constant energy ``logit(keep) * keep``, expanded to the mask's shape.
+    :param keep: the probability of ``1/keep`` (``1 - p``).
+    """
+
+    def __init__(self, energy: torch.Tensor, keep: float):
+        super().__init__(energy, 0.0, 1.0 / keep, estimator=None)
+        self.keep = keep
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(MaskNode, _instance)
+        new = super().expand(batch_shape, _instance=new)
+        new.keep = self.keep
+        return new
+
+    @property
+    def ones(self) -> torch.Tensor:
+        """The mean mask, one 1.0 expanded (the same tensor each time it is asked for)."""
+        ones = self.__dict__.get("_ones")
+        if ones is None:
+            ones = self.__dict__["_ones"] = self.energy.new_ones(()).expand(self.batch_shape)
+        return ones
+
+    @property
+    def feedforward(self) -> torch.Tensor:
+        return self.ones
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.feedforward
+
+    def _bits(self, sample_shape) -> torch.Tensor:
+        e = self.energy
+        return bernoulli(self.keep, self._extended_shape(sample_shape), e.dtype, e.device)
 
 
 class Dropout(PyroModule):
@@ -45,11 +86,11 @@ class Dropout(PyroModule):
         high = 1.0 / keep
         # P(D = high) = sigmoid(high * e) = keep  =>  e = logit(keep) / high.
         energy = x.new_full((), math.log(keep / self.p) / high).expand(x.shape)
-        mask = pyro.sample(
-            self.site_name,
-            BinaryNode(energy, 0.0, high, estimator=None).to_event(self.unit_dims),
-            infer={ROLE_KEY: DROPOUT_ROLE},
-        )
+        node = MaskNode(energy, keep)
+        # Not enumerable: a mask has 2**units configurations.
+        mask = sample_site(self.site_name, node, self.unit_dims, DROPOUT_ROLE, enumerable=False)
+        if mask is node.ones:
+            return x  # the mean mask (marginalised dropout): nothing to multiply
         return x * mask
 
     def extra_repr(self) -> str:

@@ -68,9 +68,23 @@ class GaussianPrior:
     def _selected(self, net):
         return [(m, n, p) for m, n, p in weight_parameters(net) if self.biases or n != "bias"]
 
+    def _owners(self, net: nn.Module) -> list[tuple[nn.Module, str]]:
+        # (module, name) of the selected parameters, found once per network: the walk over
+        # its modules would otherwise run on every training step. Parameters are read
+        # afresh each time, so replacing one is seen.
+        cached = self.__dict__.get("_owners_cache")
+        if cached is None or cached[0] is not net:
+            cached = (net, [(m, n) for m, n, _ in self._selected(net)])
+            self.__dict__["_owners_cache"] = cached
+        return cached[1]
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_owners_cache"}
+
     def log_prob(self, net: nn.Module) -> torch.Tensor:
         """``log p(w)`` up to an additive constant: ``-||w||^2 / (2 scale^2)``."""
-        sq = sum(p.pow(2).sum() for _, _, p in self._selected(net))
+        sq = sum(torch.dot(p.reshape(-1), p.reshape(-1))
+                 for p in (m._parameters[n] for m, n in self._owners(net)))
         return -0.5 * sq / self.scale**2
 
     def names(self, net: nn.Module) -> list[str]:
