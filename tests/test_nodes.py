@@ -244,3 +244,21 @@ def test_relu_scale_is_abs_tanh():
     e = torch.linspace(-12, 12, 10001)
     s = ReLUNode(e).scale
     assert torch.allclose(s, torch.tanh(e).abs().clamp_min(s.min()), atol=3e-7)
+
+
+def test_dropout_mask_node_is_the_binary_node_it_stands_for():
+    from pyrocg.layers.dropout import MaskNode
+
+    keep = 0.7
+    like = torch.zeros(2000, 30)
+    mask = MaskNode(like, keep)
+    ref = BinaryNode(torch.full((2000, 30), math.log(keep / (1 - keep)) * keep), 0.0, 1 / keep,
+                     estimator=None)
+    values = mask.sample()
+    assert values.unique().tolist() == [0.0, pytest.approx(1 / keep)]
+    assert abs(float((values > 0).double().mean()) - keep) < 0.01
+    assert torch.allclose(mask.log_prob(values), ref.log_prob(values))
+    assert torch.equal(mask.mean, torch.ones(2000, 30)) and torch.allclose(ref.mean, mask.mean)
+    wide = mask.expand((3, 2000, 30))
+    assert wide.sample().shape == (3, 2000, 30) and wide.keep == keep
+    assert torch.allclose(wide.log_prob(values), ref.log_prob(values).expand(3, 2000, 30))

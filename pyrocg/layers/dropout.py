@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+from pyro.distributions import TorchDistribution
 from pyro.nn import PyroModule
 
 from ..nodes import BinaryNode
@@ -16,31 +17,49 @@ __all__ = ["Dropout", "MaskNode"]
 
 class MaskNode(BinaryNode):
     """The dropout node: :class:`~pyrocg.nodes.BinaryNode` on ``{0, 1/keep}`` with the same
-    probability ``keep`` everywhere (the energy is one value expanded over the layer), known
-    as a number — so draws need no pass over the energies and its mean is exactly 1, as in
-    ``torch.nn.Dropout``'s ``eval()``.
+    probability ``keep`` everywhere, known as a number — so draws need no pass over
+    energies, its mean is exactly 1 (``torch.nn.Dropout``'s ``eval()``), and the constant
+    energy ``logit(keep) * keep`` is only built when something asks for it (``log_prob``).
 
-    :param energy: the constant energy ``logit(keep) * keep``, expanded to the mask's shape.
-    :param keep: the probability of ``1/keep`` (``1 - p``).
+    :param like: a tensor of the mask's shape, dtype and device (the layer's input).
+    :param keep: the probability of ``1/keep`` (``1 - p``), in ``(0, 1]``.
     """
 
-    def __init__(self, energy: torch.Tensor, keep: float):
-        super().__init__(energy, 0.0, 1.0 / keep, estimator=None)
-        self.keep = keep
+    def __init__(self, like: torch.Tensor, keep: float):
+        # BinaryNode's checks are the layer's (it validated p); this runs on every pass.
+        self._like, self.keep, self._energy, self._ones = like, keep, None, None
+        self.low, self.high = 0.0, 1.0 / keep
+        self.estimator, self.temperature = None, 1.0
+        TorchDistribution.__init__(self, like.shape, validate_args=False)
+
+    @property
+    def energy(self) -> torch.Tensor:
+        if self._energy is None:
+            # P(D = high) = sigmoid(high * e) = keep  =>  e = logit(keep) / high.
+            logit = math.log(self.keep / (1.0 - self.keep)) if self.keep < 1 else math.inf
+            self._energy = self._like.new_full((), logit * self.keep).expand(self.batch_shape)
+        return self._energy
+
+    @energy.setter
+    def energy(self, value: torch.Tensor) -> None:
+        self._energy = value
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(MaskNode, _instance)
-        new = super().expand(batch_shape, _instance=new)
-        new.keep = self.keep
+        batch_shape = torch.Size(batch_shape)
+        new._like, new.keep, new._ones = self._like, self.keep, None
+        new._energy = None if self._energy is None else self._energy.expand(batch_shape)
+        new.low, new.high = self.low, self.high
+        new.estimator, new.temperature = None, 1.0
+        TorchDistribution.__init__(new, batch_shape, validate_args=False)
         return new
 
     @property
     def ones(self) -> torch.Tensor:
         """The mean mask, one 1.0 expanded (the same tensor each time it is asked for)."""
-        ones = self.__dict__.get("_ones")
-        if ones is None:
-            ones = self.__dict__["_ones"] = self.energy.new_ones(()).expand(self.batch_shape)
-        return ones
+        if self._ones is None:
+            self._ones = self._like.new_ones(()).expand(self.batch_shape)
+        return self._ones
 
     @property
     def feedforward(self) -> torch.Tensor:
@@ -48,11 +67,11 @@ class MaskNode(BinaryNode):
 
     @property
     def mean(self) -> torch.Tensor:
-        return self.feedforward
+        return self.ones
 
     def _bits(self, sample_shape) -> torch.Tensor:
-        e = self.energy
-        return bernoulli(self.keep, self._extended_shape(sample_shape), e.dtype, e.device)
+        like = self._like
+        return bernoulli(self.keep, self._extended_shape(sample_shape), like.dtype, like.device)
 
 
 class Dropout(PyroModule):
@@ -82,11 +101,7 @@ class Dropout(PyroModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.p == 0.0:
             return x
-        keep = 1.0 - self.p
-        high = 1.0 / keep
-        # P(D = high) = sigmoid(high * e) = keep  =>  e = logit(keep) / high.
-        energy = x.new_full((), math.log(keep / self.p) / high).expand(x.shape)
-        node = MaskNode(energy, keep)
+        node = MaskNode(x, 1.0 - self.p)
         # Not enumerable: a mask has 2**units configurations.
         mask = sample_site(self.site_name, node, self.unit_dims, DROPOUT_ROLE, enumerable=False)
         if mask is node.ones:

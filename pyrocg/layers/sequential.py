@@ -18,3 +18,16 @@ class Sequential(PyroModule[nn.Sequential]):
     >>> net.hidden.site_name
     'hidden'
     """
+
+    def forward(self, x):
+        # A child that shares this module's Pyro context (every layer added to it does) runs
+        # inside that context already: PyroModule.__call__ would only re-enter it and look up
+        # Pyro's settings again, so call it as a plain nn.Module — same semantics, less
+        # per-layer overhead.
+        context = self._pyro_context
+        for module in self._modules.values():
+            if isinstance(module, PyroModule) and module._pyro_context is context and context.active:
+                x = nn.Module.__call__(module, x)
+            else:
+                x = module(x)
+        return x
