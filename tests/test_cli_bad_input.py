@@ -9,6 +9,7 @@ that is not a usable checkpoint or table, a checkpoint in use by another run).
 
 import os
 import pickle
+import socket
 
 import pytest
 import torch
@@ -45,7 +46,7 @@ def files(tmp_path_factory):
     save_checkpoint(d / "badspec.pt", {**state, "meta": {"spec": bad}})
     other = {**state["meta"]["spec"], "mode": "bayes"}  # weights of feedforward, spec of bayes
     save_checkpoint(d / "mismatched.pt", {**state, "meta": {"spec": other}})
-    (d / "locked.pt.lock").write_text(f"{os.getpid()} {os.uname().nodename}\n")
+    (d / "locked.pt.lock").write_text(f"{os.getpid()} {socket.gethostname()}\n")
     return d
 
 

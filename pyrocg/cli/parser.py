@@ -26,11 +26,11 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
-def _add_common(p: argparse.ArgumentParser, samples_default: int = 100) -> None:
+def _add_common(p: argparse.ArgumentParser, samples_default: int = 100,
+                seed_help: str = "seed of the data split, initial weights and training, in "
+                "[0, 2**32) (default 0)") -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
-    p.add_argument("--seed", type=int, default=None,
-                   help="seed of the data split, initial weights and training, in [0, 2**32) "
-                   "(default 0)")
+    p.add_argument("--seed", type=int, default=None, help=seed_help)
     p.add_argument("--samples", type=int, default=samples_default,
                    help=f"stochastic passes per prediction, 1..{MAX_SAMPLES} (stochastic modes; "
                    f"default {samples_default})")
@@ -97,6 +97,7 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--distributed", action="store_true",
                    help="data-parallel over the processes started by torchrun (gloo/NCCL)")
     e = sub.add_parser("evaluate", help="evaluate a checkpoint written by `pyrocg train`")
-    _add_common(e)
+    _add_common(e, seed_help="seed of the prediction's random draws, in [0, 2**32) (default: "
+                "as after building the model with the run's seed)")
     e.add_argument("--checkpoint", required=True)
     return ap
