@@ -196,3 +196,24 @@ def test_evaluate_and_resume_a_checkpoint_left_by_a_killed_run(tmp_path, capsys)
                  "--samples", "2", "--quiet", "--json", str(out)]) == 0
     assert [h["epoch"] for h in json.loads(out.read_text())["history"]] == list(range(1, done + 2))
     assert not (tmp_path / "run.pt.lock").exists()
+
+
+def test_evaluate_a_checkpoint_left_by_a_diverged_run(tmp_path, capsys, monkeypatch):
+    from pyrocg.infer.model import CGModel
+
+    calls, loss = [0], CGModel.loss
+
+    def diverging(self, *args, **kwargs):  # the loss turns NaN in epoch 2 (5 steps per epoch)
+        calls[0] += 1
+        value = loss(self, *args, **kwargs)
+        return value * float("nan") if calls[0] > 7 else value
+
+    monkeypatch.setattr(CGModel, "loss", diverging)
+    ck = tmp_path / "run.pt"
+    assert main(["train", "--epochs", "3", "--batch-size", "256", "--samples", "2", "--quiet",
+                 "--checkpoint", str(ck)]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [err.strip()] and "loss became nan at epoch 2" in err
+    monkeypatch.setattr(CGModel, "loss", loss)
+    assert main(["evaluate", "--checkpoint", str(ck), "--samples", "2"]) == 0
+    assert "(epoch 1): test accuracy=" in capsys.readouterr().out

@@ -21,6 +21,7 @@ import os
 import sys
 import traceback
 
+from ..infer import TrainingDiverged
 from ..infer.checkpoint import CheckpointLockedError
 from .checks import UsageError
 from .commands import build_mode, build_model, cmd_evaluate, cmd_train
@@ -72,7 +73,8 @@ def _report(exc: BaseException, args) -> tuple[int, str]:
         kept = (f"; the checkpoint of the last finished epoch is kept at {ck}"
                 if ck and getattr(args, "command", "") == "train" and os.path.exists(ck) else "")
         return 130, f"interrupted{kept}"
-    if isinstance(exc, (ValueError, OSError, MemoryError, CheckpointLockedError)):
+    if isinstance(exc, (ValueError, OSError, MemoryError, CheckpointLockedError,
+                        TrainingDiverged)):
         # pyrocg's messages (CheckpointError, data errors, locks) and OSError's name the file
         # or the argument; the type adds nothing.
         return 1, f"error: {_one_line(exc)}"
