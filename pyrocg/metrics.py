@@ -30,6 +30,7 @@ __all__ = [
     "fpr_at_tpr",
     "maximum_calibration_error",
     "gaussian_nll",
+    "mc_gaussian_log_likelihood",
     "nll",
     "predictive_from_samples",
     "regression_metrics",
@@ -474,6 +475,43 @@ def gaussian_nll(mean: torch.Tensor, var: torch.Tensor, y: torch.Tensor) -> torc
     if not bool((var > 0).all()):
         raise ValueError(f"var must be > 0 everywhere, found min {float(var.min()):.4g}")
     return 0.5 * (torch.log(2 * math.pi * var) + (y - mean).pow(2) / var).mean()
+
+
+def mc_gaussian_log_likelihood(samples: torch.Tensor, y: torch.Tensor, tau: float,
+                               reduce: bool = True) -> torch.Tensor:
+    """Gal & Ghahramani's MC-dropout test log-likelihood of ``y`` under ``T`` passes with
+    fixed model precision ``tau``: per datum
+
+    ``logsumexp_t(-tau/2 (y - yhat_t)^2) - log T - log(2 pi)/2 + log(tau)/2``,
+
+    the log of the mixture ``(1/T) sum_t N(y; yhat_t, 1/tau)``. Give ``samples``, ``y`` and
+    ``tau`` on the same (original) target scale. Cost ``O(T batch)``.
+
+    Args:
+        samples: per-pass predictions ``yhat_t``, shape ``(T, *y.shape)``.
+        y: targets, shape ``(batch,)`` (or ``(batch, outputs)``).
+        tau: model precision, > 0.
+        reduce: average over the data (their ``test_ll``); ``False`` returns ``y.shape``.
+
+    >>> s = torch.tensor([[0.0, 1.0], [2.0, 1.0]])  # T=2 passes, 2 data
+    >>> ll = mc_gaussian_log_likelihood(s, torch.tensor([1.0, 1.0]), tau=1.0, reduce=False)
+    >>> [round(v, 4) for v in ll.tolist()]  # N(1; 0 or 2, 1), then N(1; 1, 1)
+    [-1.4189, -0.9189]
+    """
+    y = _check_float("y", y)
+    samples = _check_float("samples", samples)
+    if samples.dim() != y.dim() + 1 or samples.shape[1:] != y.shape or samples.shape[0] < 1:
+        raise ValueError(f"samples must have shape (T, *y.shape) = (T, {', '.join(map(str, y.shape))})"
+                         f" with T >= 1, got {tuple(samples.shape)}")
+    if samples.device != y.device:
+        raise ValueError(f"samples is on {samples.device} but y is on {y.device}")
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 < tau < math.inf:
+        raise ValueError(f"tau must be a positive finite number, got {tau!r}")
+    if y.numel() == 0:
+        raise ValueError("y is empty; the log-likelihood over 0 examples is undefined")
+    ll = (torch.logsumexp(-0.5 * tau * (y - samples).pow(2), 0) - math.log(samples.shape[0])
+          - 0.5 * math.log(2 * math.pi) + 0.5 * math.log(tau))
+    return ll.mean() if reduce else ll
 
 
 def regression_metrics(mean: torch.Tensor, var: torch.Tensor | None, y: torch.Tensor) -> dict[str, float]:

@@ -34,18 +34,33 @@ def mlp(
     node="relu",
     dropout: float = 0.0,
     norm: str | None = None,
+    input_dropout: float = 0.0,
 ) -> Sequential:
     """Multi-layer perceptron ``in -> hidden... -> out`` (the CG paper's 784-1024-1024-10).
 
     Sites: ``hidden1``, ``hidden2``, ... (nodes) and ``drop1``, ... (dropout before each
-    dense layer after the input, when ``dropout > 0``); the read-out is ``out``.
+    dense layer after the input, when ``dropout > 0``); the read-out is ``out``. With
+    ``input_dropout > 0`` the inputs are dropped too, at site ``drop0`` (Gal & Ghahramani's
+    UCI networks drop inputs and hidden units at the same rate:
+    ``mlp(d, [50], 1, dropout=p, input_dropout=p)``).
+
+    :param input_dropout: drop probability of the inputs in ``[0, 1)``; 0 adds no site.
+
+    Input ``(*sample, batch, in_features)``, output ``(*sample, batch, out_features)``.
 
     >>> net = mlp(8, [16], 3)
     >>> net(torch.randn(2, 8)).shape
     torch.Size([2, 3])
+    >>> list(mlp(8, [16], 1, dropout=0.1, input_dropout=0.1)._modules)
+    ['drop0', 'hidden1', 'drop1', 'out']
     """
+    if isinstance(input_dropout, bool) or not isinstance(input_dropout, (int, float)) or not (
+            0.0 <= input_dropout < 1.0):
+        raise ValueError(f"input_dropout must be a probability in [0, 1), got {input_dropout!r}")
     layers: OrderedDict = OrderedDict()
     width = in_features
+    if input_dropout > 0:
+        layers["drop0"] = Dropout(input_dropout)
     for i, h in enumerate(hidden, 1):
         if dropout > 0 and i > 1:
             layers[f"drop{i - 1}"] = Dropout(dropout)

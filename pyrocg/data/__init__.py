@@ -24,6 +24,7 @@ from pyrocg.data.splits import (
     split_indices,
 )
 from pyrocg.data.table import load_table
+from pyrocg.data.uci import UCIData, make_synthetic_uci, read_uci, write_uci
 
 __all__ = [
     "DATASETS",
@@ -33,13 +34,17 @@ __all__ = [
     "DataSplits",
     "Split",
     "Task",
+    "UCIData",
     "batches",
     "check_device",
     "load_dataset",
     "load_digits",
     "load_fashion_mnist",
     "load_table",
+    "make_synthetic_uci",
     "read_idx",
+    "read_uci",
     "split_indices",
     "write_idx",
+    "write_uci",
 ]

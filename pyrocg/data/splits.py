@@ -124,11 +124,19 @@ class DataSplits:
     def unstandardize_target(self, y: torch.Tensor) -> torch.Tensor:
         """Map a standardised regression target (or predictive mean) back to original units.
 
-        For a predictive variance multiply by ``target_std ** 2`` instead.
+        For a predictive variance multiply by ``target_std ** 2`` instead. Any shape (e.g.
+        per-pass predictions ``(T, batch)``).
         """
         if self.target_mean is None or self.target_std is None:
             return y
         return y * self.target_std + self.target_mean
+
+    def standardize_target(self, y: torch.Tensor) -> torch.Tensor:
+        """Map targets in original units to the standardised units the splits hold:
+        ``(y - target_mean) / target_std``, the inverse of :meth:`unstandardize_target`."""
+        if self.target_mean is None or self.target_std is None:
+            return y
+        return (y - self.target_mean) / self.target_std
 
     def to(self, device: torch.device | str) -> DataSplits:
         """Return a copy with every tensor moved to ``device``."""

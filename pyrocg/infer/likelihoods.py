@@ -114,6 +114,9 @@ class Gaussian(Likelihood):
     """Homoscedastic Gaussian likelihood ``y ~ N(output[..., 0], scale^2)`` for regression.
 
     :param scale: observation noise std (learned when ``learn_scale``).
+    :param learn_scale: learn ``scale``; ``False`` keeps it fixed (a buffer). A fixed
+        ``scale=1`` makes the per-datum objective half the squared error (plus a constant);
+        :meth:`from_precision` fixes a model precision ``tau`` on the original target scale.
     """
 
     def __init__(self, dataset_size: int, scale: float = 1.0, learn_scale: bool = True):
@@ -125,6 +128,36 @@ class Gaussian(Likelihood):
             self.log_scale = nn.Parameter(log_scale)
         else:
             self.register_buffer("log_scale", log_scale)
+
+    @classmethod
+    def from_precision(cls, dataset_size: int, tau: float,
+                       target_std: float | None = None) -> Gaussian:
+        """The fixed (not learned) noise of model precision ``tau`` on the *original* target
+        scale, ``y ~ N(f(x), 1/tau)``, for a network trained on targets standardised by
+        ``target_std`` (:attr:`~pyrocg.data.DataSplits.target_std`; ``None``: targets in
+        original units): the noise std in the network's units is
+        ``1 / (sqrt(tau) * target_std)``.
+
+        :func:`~pyrocg.infer.predict`'s ``variance`` is then in standardised units (times
+        ``target_std**2``: ``1/tau`` plus the spread of the passes' means), and its
+        ``pointwise_log_lik`` of standardised targets is Gal & Ghahramani's test
+        log-likelihood (:func:`pyrocg.metrics.mc_gaussian_log_likelihood`) plus
+        ``log(target_std)`` (the change of units).
+
+        :param dataset_size: number of training data.
+        :param tau: precision ``tau > 0`` on the original scale.
+        :param target_std: standard deviation the targets were divided by.
+
+        >>> lik = Gaussian.from_precision(100, tau=4.0, target_std=0.5)
+        >>> float(lik.scale), lik.log_scale.requires_grad
+        (1.0, False)
+        """
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 < tau < math.inf:
+            raise ValueError(f"tau must be a positive finite number, got {tau!r}")
+        std = 1.0 if target_std is None else target_std
+        if isinstance(std, bool) or not isinstance(std, (int, float)) or not 0 < std < math.inf:
+            raise ValueError(f"target_std must be a positive finite number, got {target_std!r}")
+        return cls(dataset_size, 1.0 / (math.sqrt(tau) * std), learn_scale=False)
 
     @property
     def scale(self) -> torch.Tensor:

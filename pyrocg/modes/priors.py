@@ -62,7 +62,53 @@ class GaussianPrior:
             raise ValueError(f"weight_decay must be positive, got {weight_decay}")
         return cls(1.0 / math.sqrt(weight_decay * dataset_size), biases)
 
+    @classmethod
+    def from_length_scale(cls, length_scale: float, dropout: float, dataset_size: int,
+                          tau: float, biases: bool = False) -> GaussianPrior:
+        """Gal & Ghahramani's dropout prior: length-scale ``l``, dropout rate ``p``, model
+        precision ``tau``, i.e. the weight decay
+
+        ``lambda = l^2 (1 - p) / (2 N tau)``
+
+        of their objective ``(1/2N) sum_i (y_i - f(x_i))^2 + lambda sum ||W||^2`` (weights
+        only; Keras' ``l2(lambda)`` regulariser of their code). With a unit-variance Gaussian
+        likelihood (``Gaussian(N, 1.0, learn_scale=False)``, per datum ``(y - f)^2 / 2`` plus a
+        constant) pyrocg's per-datum MAP objective is exactly that objective: this prior has
+        :meth:`weight_decay` ``2 lambda`` (pyrocg's decay ``wd`` adds ``wd/2 ||W||^2``), so its
+        scale is ``sqrt(tau) / (l sqrt(1 - p))``. The same minimiser, scaled by ``tau``, is
+        the likelihood of precision ``tau`` with the prior ``N(0, 1 / (l^2 (1 - p)))``.
+
+        Their Keras code minimises the mean squared error *without* the ``1/2``; that is
+        the same minimiser as ``tau' = 2 tau`` here.
+
+        :param length_scale: prior length-scale ``l > 0`` (their code: ``1e-2``).
+        :param dropout: dropout rate ``p`` in ``[0, 1)``.
+        :param dataset_size: training-set size ``N``.
+        :param tau: model precision ``tau > 0`` (the grid value of their protocol).
+        :param biases: put the prior on biases too (their code does not).
+
+        >>> prior = GaussianPrior.from_length_scale(1e-2, 0.05, 400, tau=0.5)
+        >>> lam = 1e-2**2 * (1 - 0.05) / (2 * 400 * 0.5)
+        >>> math.isclose(prior.weight_decay(400), 2 * lam)
+        True
+        >>> math.isclose(prior.scale, math.sqrt(0.5) / (1e-2 * math.sqrt(1 - 0.05)))
+        True
+        """
+        for name, v in (("length_scale", length_scale), ("tau", tau)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
+                    0 < v < math.inf):
+                raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not (
+                0.0 <= dropout < 1.0):
+            raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
+        if isinstance(dataset_size, bool) or not isinstance(dataset_size, int) or dataset_size < 1:
+            raise ValueError(f"dataset_size must be a positive int, got {dataset_size!r}")
+        lam = length_scale**2 * (1.0 - dropout) / (2.0 * dataset_size * tau)
+        return cls.from_weight_decay(2.0 * lam, dataset_size, biases)
+
     def weight_decay(self, dataset_size: int) -> float:
+        """The SGD weight decay ``wd`` (``wd/2 ||w||^2`` per datum) of this prior as a MAP
+        prior: ``1 / (scale^2 N)``."""
         return 1.0 / (self.scale**2 * dataset_size)
 
     def _selected(self, net):
