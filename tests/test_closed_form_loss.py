@@ -5,11 +5,13 @@ import pyro
 import pyro.poutine as poutine
 import pytest
 import torch
+from pyro.infer.autoguide import AutoNormal
 
 from pyrocg import infer, models, modes
 
 MODES = [modes.FeedForward(), modes.PCFF(0.3), modes.Dropout(), modes.MCDropout(),
-         modes.AncestralSampling(0.5), modes.PCFF({"hidden1": 1.0}, default=0.2)]
+         modes.AncestralSampling(0.5), modes.PCFF({"hidden1": 1.0}, default=0.2),
+         modes.BayesianWeights(), modes.BayesianWeights(local_reparam=True)]
 
 
 def _model(mode, likelihood, prior):
@@ -17,7 +19,10 @@ def _model(mode, likelihood, prior):
     net = models.mlp(7, [12, 9], 3 if likelihood == "categorical" else 1, dropout=0.2,
                      node="softplus")
     lik = infer.Categorical(200) if likelihood == "categorical" else infer.Gaussian(200)
-    return infer.CGModel(net, lik, mode, prior=infer.GaussianPrior(0.5) if prior else None)
+    # float64: Bayesian weights of scale 0.01 amplify float32 rounding of (w - loc) / scale^2
+    # in the gradients of both paths alike; in float64 they must agree to 1e-9.
+    return infer.CGModel(net, lik, mode,
+                         prior=infer.GaussianPrior(0.5) if prior else None).double()
 
 
 @pytest.mark.parametrize("prior", [False, True])
@@ -26,34 +31,37 @@ def _model(mode, likelihood, prior):
 def test_closed_form_loss_equals_trace_elbo(mode, likelihood, prior):
     cg = _model(mode, likelihood, prior)
     assert cg._closed_form
-    x = torch.randn(16, 7)
-    y = torch.randint(0, 3, (16,)) if likelihood == "categorical" else torch.randn(16)
+    assert cg.mode.closed_form_weights(cg.net, cg.prior, cg.guide) is not None
+    x = torch.randn(16, 7, dtype=torch.float64)
+    y = (torch.randint(0, 3, (16,)) if likelihood == "categorical"
+         else torch.randn(16, dtype=torch.float64))
     pyro.set_rng_seed(4)
     direct = cg.loss(x, y)
     g_direct = torch.autograd.grad(direct, list(cg.parameters()), allow_unused=True)
     pyro.set_rng_seed(4)
     reference = cg.pyro_loss(x, y)
     g_ref = torch.autograd.grad(reference, list(cg.parameters()), allow_unused=True)
-    assert torch.allclose(direct, reference, rtol=1e-6, atol=1e-7)
+    assert torch.allclose(direct, reference, rtol=1e-10, atol=1e-12)
     for a, b in zip(g_direct, g_ref, strict=True):
         assert (a is None) == (b is None)
         if a is not None:
-            assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+            assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
     # The random state moved the same way: the draws were the same.
     assert torch.equal(torch.rand(3), (pyro.set_rng_seed(4), cg.loss(x, y), torch.rand(3))[2])
 
 
 def test_pyro_path_when_a_handler_is_active_or_weights_are_random():
     cg = _model(modes.MCDropout(), "categorical", False)
-    x, y = torch.randn(8, 7), torch.randint(0, 3, (8,))
+    x, y = torch.randn(8, 7, dtype=torch.float64), torch.randint(0, 3, (8,))
     with poutine.trace() as tr:  # someone is listening: the model runs through Pyro
         cg.loss(x, y)
     assert "y" in tr.trace.nodes and "drop1" in tr.trace.nodes
     with poutine.trace() as tr:
-        cg._closed_form_loss(x, y)
+        cg._closed_form_loss(x, y, *cg.mode.closed_form_weights(cg.net, cg.prior, cg.guide))
     assert "y" not in tr.trace.nodes
-    bayes = infer.CGModel(models.mlp(7, [5], 3), infer.Categorical(10), "bayes")
-    assert not bayes._closed_form
+    bayes = infer.CGModel(models.mlp(7, [5], 3), infer.Categorical(10),
+                          modes.BayesianWeights(guide=AutoNormal))
+    assert bayes.mode.closed_form_weights(bayes.net, bayes.prior, bayes.guide) is None
     crf = infer.CGModel(models.mlp(7, [5], 3), infer.ChainCRFLikelihood(
         __import__("pyrocg").layers.ChainCRF(3), 10), "feedforward")
     assert not crf._closed_form
@@ -65,9 +73,10 @@ def test_pyrosample_priors_on_the_net_take_pyros_path():
 
     cg = _model(modes.FeedForward(), "categorical", False)
     assert cg._closed_form
-    cg.net.out.bias = PyroSample(dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+    cg.net.out.bias = PyroSample(dist.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0)
+                                 .expand([3]).to_event(1))
     assert not cg._closed_form
-    x, y = torch.randn(8, 7), torch.randint(0, 3, (8,))
+    x, y = torch.randn(8, 7, dtype=torch.float64), torch.randint(0, 3, (8,))
     with pytest.warns(UserWarning, match="model but not guide"):  # Pyro's own warning
         pyro.set_rng_seed(1)
         a = cg.loss(x, y)

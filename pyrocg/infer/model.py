@@ -82,14 +82,18 @@ class CGModel(nn.Module):
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Differentiable negative ELBO per datum of the data set, on a mini-batch.
 
-        When the mode's objective has its closed form (point weights, every node site decided
-        by the mode: :attr:`~pyrocg.modes.Mode.closed_form_objective`), the likelihood is
-        the standard one and no Pyro handler is active, the loss is computed directly — the
-        same value, gradient and random draws as :meth:`pyro_loss`, without tracing the
-        model on every step. Otherwise it is :meth:`pyro_loss`.
+        When the mode gives its weight terms without Pyro
+        (:meth:`~pyrocg.modes.Mode.closed_form_weights`: point weights, or Bayesian weights
+        under pyrocg's own mean-field guides), the likelihood is the standard one and no Pyro
+        handler is active, the loss is computed directly — the same value, gradients and
+        random draws as :meth:`pyro_loss`, without tracing the model on every step.
+        Otherwise (autoguides, structured likelihoods, several particles, an active handler,
+        ``PyroSample`` priors on the net) it is :meth:`pyro_loss`.
         """
         if self._closed_form and not am_i_wrapped():
-            return self._closed_form_loss(x, y)
+            terms = self.mode.closed_form_weights(self.net, self.prior, self.guide)
+            if terms is not None:
+                return self._closed_form_loss(x, y, *terms)
         return self.pyro_loss(x, y)
 
     def pyro_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -106,18 +110,19 @@ class CGModel(nn.Module):
         modules = self.__dict__.get("_module_list")
         if modules is None:  # the net's modules, listed once (walking them costs per step)
             modules = self.__dict__["_module_list"] = list(self.net.modules())
-        return (self.mode.closed_form_objective and self.elbo.num_particles == 1
+        return (self.elbo.num_particles == 1
                 and type(self.likelihood).model is Likelihood.model
                 and not any(m.__dict__.get("_pyro_samples") for m in modules))
 
-    def _closed_form_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        # The model's terms: the labels' log-likelihood, scaled by the data plate (N / batch),
-        # and the prior factor; node sites add nothing and the guide is empty.
+    def _closed_form_loss(self, x: torch.Tensor, y: torch.Tensor, draw: WeightDraw,
+                          log_ratio: torch.Tensor | float) -> torch.Tensor:
+        # The ELBO's terms: the labels' log-likelihood, scaled by the data plate (N / batch),
+        # and log p(w) - log q(w) of the weights; node sites add nothing.
         with self.mode.train_handler().deciding():
-            output = self.likelihood.output(self.net, x)
+            output = self.likelihood.output(lambda inputs: draw(self.net, inputs), x)
         log_lik = self.likelihood.log_likelihood(output, y).sum()
         n = self.dataset_size
-        return -(log_lik * (n / x.shape[0]) + self.mode.log_prior(self.net, self.prior)) / n
+        return -(log_lik * (n / x.shape[0]) + log_ratio) / n
 
     def initialize(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Create lazily built parameters (an autoguide's) by running the guide once on a

@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fnmatch
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from numbers import Real
@@ -143,9 +144,10 @@ class Mode:
     #: Weights are random (they have a guide), not point estimates.
     random_weights: ClassVar[bool] = False
     #: The training objective is exactly the data log-likelihood of the handled network plus
-    #: :meth:`log_prior`: the training handler decides every node site (no log-density) and
-    #: the weights are points. :class:`~pyrocg.infer.CGModel` then computes the loss
-    #: directly instead of tracing the model on every step (same value and gradient).
+    #: the MAP prior factor: the training handler decides every node site (no log-density)
+    #: and the weights are points. :meth:`closed_form_weights` then gives the weight terms
+    #: and :class:`~pyrocg.infer.CGModel` computes the loss directly instead of tracing the
+    #: model on every step (same value, gradients and draws).
     closed_form_objective: ClassVar[bool] = True
 
     @property
@@ -211,10 +213,15 @@ class Mode:
         """The weights of one prediction pass (no sample sites escape): the point weights."""
         return WeightDraw()
 
-    def log_prior(self, net: nn.Module, prior: GaussianPrior | None) -> torch.Tensor | float:
-        """``log p(w)`` of the point weights (the factor :meth:`weight_model` adds), for the
-        closed-form objective."""
-        return 0.0 if prior is None else prior.log_prob(net)
+    def closed_form_weights(self, net: nn.Module, prior: GaussianPrior | None,
+                            guide: nn.Module) -> tuple[WeightDraw, torch.Tensor | float] | None:
+        """The weights of one training pass and their ELBO term ``log p(w) - log q(w)`` —
+        what :meth:`weight_model` and the guide contribute, with the same random draws —
+        when the mode can give them without Pyro (:attr:`closed_form_objective`), else
+        ``None``. Point weights: the MAP prior factor."""
+        if not self.closed_form_objective:
+            return None
+        return WeightDraw(), 0.0 if prior is None else prior.log_prob(net)
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}"
@@ -441,6 +448,21 @@ class BayesianWeights(Mode):
             pyro.factor("weights_kl", -guide.kl(prior.scale))
             return WeightDraw(gaussian=gaussian)
         return WeightDraw(values=prior.sample(net))  # global sites, outside the data plate
+
+    def closed_form_weights(self, net: nn.Module, prior: GaussianPrior | None,
+                            guide: nn.Module) -> tuple[WeightDraw, torch.Tensor | float] | None:
+        # Our own guides only (an autoguide or a custom guide goes through Pyro).
+        if type(guide) is LocalReparamGuide:
+            return WeightDraw(gaussian=guide()), -guide.kl(prior.scale)
+        if type(guide) is not MeanFieldNormalGuide:
+            return None
+        values = guide()  # its own draws, in its order: the same random stream as in SVI
+        log_ratio = 0.0
+        const = math.log(prior.scale) + 0.5 * math.log(2 * math.pi)
+        for name, w in values.items():
+            log_q = pyro.distributions.Normal(guide.loc(name), guide.scale(name)).log_prob(w)
+            log_ratio = log_ratio + (-(w**2) / (2 * prior.scale**2) - const).sum() - log_q.sum()
+        return WeightDraw(values=values), log_ratio
 
     def predict_weights(self, net: nn.Module, guide: nn.Module, *args: Any) -> WeightDraw:
         if self.local_reparam:
