@@ -13,7 +13,8 @@ plain-PyTorch step, same weights, same data, timed interleaved in one run:
   against a plain loop over the same batches with the same validation pass.
 
 Anchors: feed-forward → the plain network; dropout and MC dropout → the plain network with
-``nn.Dropout`` in ``train()``; PCFF → plain feed-forward; Bayesian weights → a plain
+``nn.Dropout`` in ``train()``; PCFF → the plain network with its ReLUs replaced by the same
+PCFF draws written in PyTorch (``PlainPCFFReLU``); Bayesian weights → a plain
 Bayes-by-backprop step (mean-field Normal weights, one draw, ``log q - log p`` plus the
 likelihood), written with ``torch.func.functional_call``.
 
@@ -79,6 +80,30 @@ def cnn_net(image_size, dropout):
         nn.Flatten(), *drop, nn.Linear(64 * (image_size // 4) ** 2, 128), nn.ReLU(),
         *[nn.Dropout(dropout) for _ in drop], nn.Linear(128, 10))
     return net, plain
+
+
+class PlainPCFFReLU(nn.Module):
+    """PCFF of ReLU nodes written in plain PyTorch: per element, with probability ``rate``
+    a draw ``relu(e + |tanh e| eps)``, else ``relu(e)`` — the anchor of our PCFF mode."""
+
+    def __init__(self, rate: float):
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, e):
+        keep = (torch.rand_like(e) < self.rate).to(e.dtype)
+        return F.relu(e + torch.tanh(e).abs() * torch.randn_like(e) * keep)
+
+
+def with_pcff(plain: nn.Module, rate: float) -> nn.Module:
+    """The plain twin with every ReLU replaced by its PCFF form (dropout off: PCFF
+    marginalises dropout nodes)."""
+    for name, child in plain.named_children():
+        if isinstance(child, nn.ReLU):
+            setattr(plain, name, PlainPCFFReLU(rate))
+        else:
+            with_pcff(child, rate)
+    return plain
 
 
 def copy_into_plain(net: nn.Module, plain: nn.Module) -> None:
@@ -171,6 +196,9 @@ def mode_rows(case: str, build, x, y, regression: bool, n: int, modes, args):
         if mode == "bayes":
             anchor = plain_bbb_step(plain, x, y, regression, n)
             anchor_name = "plain Bayes-by-backprop"
+        elif mode == "pcff":
+            anchor = plain_step(with_pcff(plain, 0.3), x, y, regression, False)
+            anchor_name = "plain PCFF (ReLU)"
         else:
             anchor = plain_step(plain, x, y, regression, dropout)
             anchor_name = "plain dropout" if dropout else "plain"

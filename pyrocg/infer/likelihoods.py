@@ -10,6 +10,8 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
 __all__ = [
     "Likelihood",
     "Categorical",
@@ -169,9 +171,9 @@ class Gaussian(Likelihood):
     def log_likelihood(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # Normal.log_prob's formula, without building the distribution (see Categorical).
         self.check_target(output, y)
-        scale = self.scale
-        return (-((y - output[..., 0]) ** 2) / (2 * scale**2) - self.log_scale
-                - math.log(math.sqrt(2 * math.pi)))
+        log_scale = self.log_scale
+        z = (y - output[..., 0]) * torch.exp(-log_scale)
+        return z.square().mul_(-0.5).sub_(log_scale + _HALF_LOG_2PI)
 
     def check_target(self, output, y):
         if not isinstance(y, torch.Tensor) or not y.is_floating_point():

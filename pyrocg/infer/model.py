@@ -122,7 +122,10 @@ class CGModel(nn.Module):
             output = self.likelihood.output(lambda inputs: draw(self.net, inputs), x)
         log_lik = self.likelihood.log_likelihood(output, y).sum()
         n = self.dataset_size
-        return -(log_lik * (n / x.shape[0]) + log_ratio) / n
+        # -(log_lik * n / batch + log_ratio) / n, in as few autograd nodes as it takes.
+        if isinstance(log_ratio, torch.Tensor):
+            return torch.add(log_ratio * (-1.0 / n), log_lik, alpha=-1.0 / x.shape[0])
+        return log_lik * (-1.0 / x.shape[0]) - log_ratio / n
 
     def initialize(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Create lazily built parameters (an autoguide's) by running the guide once on a

@@ -73,6 +73,10 @@ class MaskNode(BinaryNode):
         like = self._like
         return bernoulli(self.keep, self._extended_shape(sample_shape), like.dtype, like.device)
 
+    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        # BinaryNode.sample for {0, 1/keep}, without its generic affine map.
+        return self._bits(sample_shape).mul_(self.high)
+
 
 class Dropout(PyroModule):
     """Auxiliary nodes ``D_j`` multiplying the previous layer's statistic, ``e_i = b_i +

@@ -129,9 +129,11 @@ class GaussianPrior:
 
     def log_prob(self, net: nn.Module) -> torch.Tensor:
         """``log p(w)`` up to an additive constant: ``-||w||^2 / (2 scale^2)``."""
-        sq = sum(torch.dot(p.reshape(-1), p.reshape(-1))
-                 for p in (m._parameters[n] for m, n in self._owners(net)))
-        return -0.5 * sq / self.scale**2
+        sq = None
+        for m, n in self._owners(net):
+            p = m._parameters[n].reshape(-1)
+            sq = torch.dot(p, p) if sq is None else sq.add(torch.dot(p, p))
+        return 0.0 if sq is None else sq.mul(-0.5 / self.scale**2)
 
     def names(self, net: nn.Module) -> list[str]:
         """Names (as in ``net.named_parameters()``) of the parameters under this prior."""
