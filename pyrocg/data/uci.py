@@ -245,7 +245,8 @@ def read_uci(data_dir: str | os.PathLike[str]) -> UCIData:
         both = np.intersect1d(tr, te)
         if both.size:
             raise ValueError(f"{root / f'index_test_{k}.txt'}: row {int(both[0])} is also in "
-                             f"index_train_{k}.txt ({both.size} shared rows)")
+                             f"{root / f'index_train_{k}.txt'} ({both.size} shared rows); "
+                             "training and test rows must differ")
         trains.append(tr)
         tests.append(te)
     settings = {name: _parse_settings(root / f"{name}.txt", kind)
@@ -291,7 +292,7 @@ def write_uci(data_dir: str | os.PathLike[str], x: np.ndarray, y: np.ndarray,
 
 def make_synthetic_uci(data_dir: str | os.PathLike[str], n: int = 500, features: int = 8,
                        n_splits: int = 5, noise: float = 0.3, test_fraction: float = 0.1,
-                       seed: int = 0) -> Path:
+                       seed: int = 0, settings: dict[str, list] | None = None) -> Path:
     """Write a *synthetic* noisy nonlinear regression in Gal's format, for trying the UCI
     protocol where the real data are absent.
 
@@ -301,6 +302,7 @@ def make_synthetic_uci(data_dir: str | os.PathLike[str], n: int = 500, features:
     the original scale is ``1 / (10 noise)^2``. Splits are seeded permutations, the first
     ``1 - test_fraction`` training, as in Gal's ``split_data_train_test.py``.
 
+    :param settings: settings files to write too (see :func:`write_uci`).
     :returns: the directory.
     """
     if n < 10 or features < 1 or n_splits < 1 or not 0 < test_fraction < 1:
@@ -317,4 +319,4 @@ def make_synthetic_uci(data_dir: str | os.PathLike[str], n: int = 500, features:
     for _ in range(n_splits):
         perm = rng.permutation(n)
         splits.append((perm[:end], perm[end:]))
-    return write_uci(data_dir, x, y, splits)
+    return write_uci(data_dir, x, y, splits, settings)
