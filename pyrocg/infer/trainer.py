@@ -281,33 +281,35 @@ def _fit(model: CGModel, data: DataSplits, config: TrainConfig, checkpoint: str 
     model.train()
     for epoch in range(start, config.epochs):
         t0, total, seen = time.perf_counter(), 0.0, 0
+        show = config.progress and main
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
-                   disable=not (config.progress and main), unit="batch")
-        for step, (xb, yb) in enumerate(bar):
-            if world > 1:
-                xb = xb[rank * config.batch_size : (rank + 1) * config.batch_size]
-                yb = yb[rank * config.batch_size : (rank + 1) * config.batch_size]
-            with warnings.catch_warnings():
-                # Pyro warns about NaN log-densities; we stop with a clearer error below.
-                warnings.filterwarnings("ignore", message="Encountered NaN")
+                   disable=not show, unit="batch")
+        with warnings.catch_warnings():  # once per epoch: it copies the filter list
+            # Pyro warns about NaN log-densities; we stop with a clearer error below.
+            warnings.filterwarnings("ignore", message="Encountered NaN")
+            for step, (xb, yb) in enumerate(bar):
+                if world > 1:
+                    xb = xb[rank * config.batch_size : (rank + 1) * config.batch_size]
+                    yb = yb[rank * config.batch_size : (rank + 1) * config.batch_size]
                 loss = model.loss(xb, yb)
-            if not torch.isfinite(loss):
-                kept = f"; the checkpoint of epoch {start} at {checkpoint} is kept" if (
-                    checkpoint and Path(checkpoint).exists()) else ""
-                raise TrainingDiverged(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}{kept}. "
-                    "Lower the learning rate or check the data for NaN/inf values."
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if world > 1:
-                ddp.average_gradients(params)
-            opt.step()
-            if world > 1:
-                ddp.broadcast_module(model, buffers_only=True)
-            total += loss.item() * len(yb)
-            seen += len(yb)
-            bar.set_postfix(loss=f"{total / seen:.4f}")
+                value = loss.item()  # the one host sync of a step
+                if not math.isfinite(value):
+                    kept = f"; the checkpoint of epoch {start} at {checkpoint} is kept" if (
+                        checkpoint and Path(checkpoint).exists()) else ""
+                    raise TrainingDiverged(
+                        f"loss became {value} at epoch {epoch + 1}, step {step + 1}{kept}. "
+                        "Lower the learning rate or check the data for NaN/inf values.")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if world > 1:
+                    ddp.average_gradients(params)
+                opt.step()
+                if world > 1:
+                    ddp.broadcast_module(model, buffers_only=True)
+                total += value * len(yb)
+                seen += len(yb)
+                if show:
+                    bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
         sched.step()
         record = {"epoch": epoch + 1, "loss": total / seen, "lr": opt.param_groups[0]["lr"],
                   "seconds": time.perf_counter() - t0}
