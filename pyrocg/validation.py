@@ -26,9 +26,18 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = ["check_finite", "enable_validation", "is_validation_enabled", "validation_enabled"]
+__all__ = [
+    "check_finite",
+    "enable_validation",
+    "is_validation_enabled",
+    "validation_enabled",
+    "enable_layer_checks",
+    "layer_checks_enabled",
+    "layer_checks",
+]
 
 _VALIDATION_ENABLED = True
+_LAYER_CHECKS = False
 
 
 def _check_flag(is_validate: object) -> bool:
@@ -66,6 +75,49 @@ def validation_enabled(is_validate: bool = True) -> Iterator[None]:
         yield
     finally:
         _VALIDATION_ENABLED = old
+
+
+def enable_layer_checks(flag: bool = True) -> None:
+    """Also check every layer's input and energies (off by default).
+
+    With it on (and validation on), each chain-graph layer rejects a NaN or infinite input
+    or energy with a ``ValueError`` naming the layer — e.g. a ``BinaryNode`` would otherwise
+    turn a NaN energy into a valid-looking 0/1 draw. It costs a pass over every layer's
+    values (and a device synchronisation on a GPU) per forward pass, which is why it is off
+    by default: the data checks of ``fit``/``evaluate``/``predict`` and the training loop's
+    non-finite-loss stop catch the usual causes.
+
+    :param flag: ``True`` to check, ``False`` not to.
+    :raises TypeError: if ``flag`` is not a bool.
+    """
+    global _LAYER_CHECKS
+    _LAYER_CHECKS = _check_flag(flag)
+
+
+def layer_checks_enabled() -> bool:
+    """Whether layers check their inputs and energies (needs validation on as well)."""
+    return _LAYER_CHECKS and _VALIDATION_ENABLED
+
+
+@contextmanager
+def layer_checks(flag: bool = True) -> Iterator[None]:
+    """Context manager form of :func:`enable_layer_checks`.
+
+    >>> import torch
+    >>> from pyrocg import models
+    >>> with layer_checks():
+    ...     models.mlp(2, [3], 2)(torch.tensor([[0.0, float("nan")]]))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: hidden1: input has 1 NaN and 0 infinite value(s) of 2 ...
+    """
+    global _LAYER_CHECKS
+    new = _check_flag(flag)
+    old, _LAYER_CHECKS = _LAYER_CHECKS, new
+    try:
+        yield
+    finally:
+        _LAYER_CHECKS = old
 
 
 def check_finite(tensor: torch.Tensor, what: str) -> torch.Tensor:

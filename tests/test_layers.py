@@ -174,3 +174,21 @@ def test_expanded_inputs_are_computed_once_and_match_materialised_copies():
         gb = torch.autograd.grad(b.sum(), list(net.parameters()))
         for u, v in zip(ga, gb, strict=True):
             assert torch.allclose(u, v, atol=1e-4)
+
+
+def test_layer_checks_name_the_layer_with_a_non_finite_input_or_energy():
+    from pyrocg import validation
+
+    net = models.mlp(3, [4], 2, node="binary")
+    bad = torch.tensor([[0.0, float("nan"), 1.0]])
+    with handlers.feedforward():
+        assert torch.isnan(net(bad)).all()  # off by default: NaN propagates, nothing raised
+    with validation.layer_checks(), pytest.raises(ValueError, match="hidden1: input has 1 NaN"):
+        net(bad)
+    with torch.no_grad():
+        net.hidden1.weight[0, 0] = float("inf")
+    with validation.layer_checks(), pytest.raises(ValueError, match="hidden1: energy has"):
+        net(torch.ones(1, 3))  # unhandled: a binary node would draw 0/1 from a NaN energy
+    with validation.layer_checks(), validation.validation_enabled(False):
+        net(torch.ones(1, 3))  # the master switch turns layer checks off too
+    assert not validation.layer_checks_enabled()

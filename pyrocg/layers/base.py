@@ -19,6 +19,7 @@ from pyro.poutine.runtime import am_i_wrapped
 from torch import nn
 
 from ..nodes import CGNode, resolve_node
+from ..validation import check_finite, layer_checks_enabled
 from .site import site_distribution
 
 __all__ = [
@@ -66,6 +67,8 @@ def check_input(x: object, layer: str, min_dim: int, features: tuple[int | None,
             f"{layer}: input must have at least {min_dim} dims (..., batch, {features}), "
             f"got shape {tuple(x.shape)}"
         )
+    if layer_checks_enabled():
+        check_finite(x, f"{layer}: input")
     trailing = tuple(x.shape[x.dim() - len(features) :])
     if any(f is not None and f != t for f, t in zip(features, trailing, strict=True)):
         want = tuple("*" if f is None else f for f in features)
@@ -159,8 +162,10 @@ class CGLayer(PyroModule):
         """Emit the nodes with this energy as one sample site and return their value."""
         if self._node_factory is None:
             return energy
-        return sample_site(name or self.site_name, self._node_factory(energy), self.unit_dims,
-                           NODE_ROLE)
+        name = name or self.site_name
+        if layer_checks_enabled():
+            check_finite(energy, f"{name}: energy")
+        return sample_site(name, self._node_factory(energy), self.unit_dims, NODE_ROLE)
 
     def extra_repr(self) -> str:
         return f"node={self.node!r}"
