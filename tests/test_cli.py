@@ -50,16 +50,103 @@ def test_resume_continues_to_more_epochs(tmp_path):
     assert [h["epoch"] for h in json.loads(out.read_text())["history"]] == [1, 2]
 
 
-def test_demo_writes_json_and_plot(tmp_path):
-    out = tmp_path / "demo.json"
-    assert main(["demo", "--epochs", "1", "--samples", "3", "--quiet", "--json", str(out),
-                 "--plots", str(tmp_path)]) == 0
+def test_demo_writes_json_plots_and_arviz(tmp_path, capsys):
+    """One short demo (1 epoch, 4 passes; five modes) with every output: JSON, the figures
+    of every mode and the MC-dropout run's InferenceData."""
+    out, nc, plots = tmp_path / "demo.json", tmp_path / "mc.nc", tmp_path / "plots"
+    assert main(["demo", "--epochs", "1", "--samples", "4", "--quiet", "--json", str(out),
+                 "--plots", str(plots), "--arviz", str(nc)]) == 0
     results = json.loads(out.read_text())
     assert results["dataset"] == "digits"
     assert set(results["results"]) == {"feedforward", "pcff", "dropout", "mc-dropout", "bayes"}
     for r in results["results"].values():
         assert set(r) >= {"accuracy", "nll", "ece", "seconds"}
-    assert (tmp_path / "reliability.png").stat().st_size > 1000
+    assert (plots / "reliability.png").stat().st_size > 1000
+    pngs = sorted(p.name for p in plots.glob("*.png"))
+    assert len(pngs) >= 4 and {"entropy.png", "ppc.png"} <= set(pngs), pngs
+    assert all((plots / p).stat().st_size > 1000 for p in pngs)
+    printed = capsys.readouterr().out
+    assert f"wrote {nc}" in printed and f"wrote {plots / 'confidence.png'}" in printed
+
+    from pyrocg.diagnostics.arviz import import_arviz
+
+    idata = import_arviz().from_netcdf(nc)
+    assert {"posterior", "log_likelihood", "posterior_predictive",
+            "observed_data"} <= set(idata.groups())
+    assert idata.log_likelihood["y"].sizes["chain"] * idata.log_likelihood["y"].sizes["draw"] == 4
+
+
+def _diagnose_json(tmp_path, name, argv):
+    out = tmp_path / f"{name}.json"
+    assert main(["diagnose", "--quiet", "--json", str(out), *argv]) == 0
+    return json.loads(out.read_text())
+
+
+def test_diagnose_a_checkpoint_matches_metrics_and_evaluate(tmp_path, capsys):
+    """`pyrocg diagnose` of a `pyrocg train` checkpoint: its figures are pyrocg.metrics of
+    infer.predict under the same seed, its accuracy and NLL those of `evaluate`; it prints
+    the table and writes the figures and the InferenceData."""
+    import pyro
+
+    from pyrocg import infer, metrics
+    from pyrocg.cli.commands import load_checkpoint_model
+    from pyrocg.diagnostics.arviz import import_arviz
+
+    ck = tmp_path / "run.pt"
+    assert main(["train", "--mode", "mc-dropout", "--epochs", "2", "--batch-size", "256",
+                 "--samples", "2", "--quiet", "--checkpoint", str(ck)]) == 0
+    plots, nc = tmp_path / "plots", tmp_path / "d.nc"
+    capsys.readouterr()
+    got = _diagnose_json(tmp_path, "diag", [
+        "--checkpoint", str(ck), "--samples", "8", "--seed", "3", "--plots", str(plots),
+        "--arviz", str(nc), "--ood", "noise", "inverted", "rotated"])
+    printed = capsys.readouterr().out
+    for figure in ("accuracy", "nll", "ece", "mce", "brier", "aurc", "mean_predictive_entropy",
+                   "mean_mutual_information"):
+        assert figure in printed
+    assert "noise" in printed and "rotated" in printed and "AUROC" in printed
+
+    _, _, data, model = load_checkpoint_model(ck, torch.device("cpu"))
+    pyro.set_rng_seed(3)
+    pred = infer.predict(model, data.test.x, data.test.y, 8)
+    expected = metrics.classification_metrics(pred.mean, data.test.y)
+    test = got["test"]
+    assert {k: test[k] for k in expected} == expected
+    assert test["mean_mutual_information"] > 0 and got["samples"] == 8
+    for k in ("accuracy", "ece", "mce", "aurc"):
+        assert 0 <= test[k] <= 1
+    assert set(got["ood"]) == {"noise", "inverted", "rotated"}
+    for scores in got["ood"].values():
+        assert set(scores) == {"max_prob", "entropy", "mutual_information", "energy"}
+        assert all(0 <= s["auroc"] <= 1 and 0 <= s["fpr95"] <= 1 for s in scores.values())
+
+    ev = tmp_path / "eval.json"
+    assert main(["evaluate", "--checkpoint", str(ck), "--samples", "8", "--seed", "3",
+                 "--json", str(ev)]) == 0
+    evaluated = json.loads(ev.read_text())["test"]
+    assert evaluated["accuracy"] == test["accuracy"]
+    assert abs(evaluated["nll"] - test["nll"]) < 1e-4  # log-likelihood vs probabilities
+
+    pngs = {p.name for p in plots.glob("*.png")}
+    assert {"reliability.png", "confidence.png", "rejection.png", "entropy.png",
+            "mutual_information.png", "ppc.png", "loo_pit.png", "ood.png"} == pngs
+    assert sorted(got["files"]) == sorted([str(plots / p) for p in pngs] + [str(nc)])
+    idata = import_arviz().from_netcdf(nc)
+    assert {"posterior", "log_likelihood", "posterior_predictive", "observed_data",
+            "predictions"} <= set(idata.groups())
+
+
+def test_diagnose_a_deterministic_model(tmp_path):
+    """Feed-forward predicts with one pass: no epistemic part, no PPC / LOO-PIT figures."""
+    ck = tmp_path / "ff.pt"
+    assert main(["train", "--epochs", "1", "--batch-size", "256", "--samples", "2", "--quiet",
+                 "--checkpoint", str(ck)]) == 0
+    got = _diagnose_json(tmp_path, "ff", ["--checkpoint", str(ck), "--ood", "noise",
+                                          "--plots", str(tmp_path / "p")])
+    assert got["samples"] == 1 and got["test"]["mean_mutual_information"] == 0
+    assert 0.5 < got["ood"]["noise"]["entropy"]["auroc"] <= 1
+    names = {p.name for p in (tmp_path / "p").glob("*.png")}
+    assert "reliability.png" in names and "ppc.png" not in names and len(names) == 6
 
 
 @pytest.mark.parametrize(

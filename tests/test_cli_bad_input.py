@@ -47,6 +47,10 @@ def files(tmp_path_factory):
     other = {**state["meta"]["spec"], "mode": "bayes"}  # weights of feedforward, spec of bayes
     save_checkpoint(d / "mismatched.pt", {**state, "meta": {"spec": other}})
     (d / "locked.pt.lock").write_text(f"{os.getpid()} {socket.gethostname()}\n")
+    (d / "out" / "figs" / "ppc.png").mkdir(parents=True)  # a figure's name taken by a directory
+    (d / "out" / "plots").mkdir()
+    assert main(["train", "--dataset", "table", "--table", str(d / "good.csv"), "--epochs", "1",
+                 "--checkpoint", str(d / "table.pt"), *CK]) == 0
     return d
 
 
@@ -55,6 +59,7 @@ TABLE = ["train", "--dataset", "table", *CK]
 FASHION = ["train", "--dataset", "fashion-mnist", *CK]
 RESUME = ["train", "--resume", "--checkpoint", "{d}/ck.pt", *CK]
 EV = ["evaluate", "--samples", "2", "--checkpoint"]
+DG = ["diagnose", "--samples", "2", "--checkpoint"]
 
 CASES = [
     # -- the parser ----------------------------------------------------------------------
@@ -149,6 +154,40 @@ CASES = [
     (["demo-crf", "--json", ""], 2, "--json"),
     ([*EV, "{d}/ck.pt", "--json", "{d}/adir"], 2, "--json"),
     ([*EV, "{d}/ck.pt", "--json", "{d}/ck.pt"], 2, "--json"),
+    # -- diagnostic outputs: demo --plots/--arviz, diagnose ------------------------------
+    (["demo", "--arviz", ""], 2, "--arviz"),
+    (["demo", "--arviz", "{d}/adir"], 2, "--arviz"),
+    (["demo", "--arviz", "{d}/notes.txt/idata.nc"], 2, "--arviz"),
+    (["demo", "--arviz", "{d}/nodir/idata.nc"], 2, "--arviz"),
+    (["demo", "--json", "{d}/x.nc", "--arviz", "{d}/x.nc"], 2, "--arviz"),
+    (["demo", "--plots", "{d}/out/figs"], 2, "--plots {d}/out/figs/ppc.png: is a directory"),
+    (["demo", "--plots", "{d}/out/plots", "--arviz", "{d}/out/plots/entropy.png"], 2, "--arviz"),
+    (["diagnose"], 2, "--checkpoint"),
+    ([*DG, ""], 2, "--checkpoint"),
+    ([*DG, "{d}/missing.pt"], 2, "--checkpoint"),
+    ([*DG, "{d}/adir"], 2, "--checkpoint"),
+    ([*DG, "{d}/ck.pt", "--samples", "0"], 2, "--samples"),
+    ([*DG, "{d}/ck.pt", "--seed", "-1"], 2, "--seed"),
+    ([*DG, "{d}/ck.pt", "--device", "meta"], 2, "--device"),
+    ([*DG, "{d}/ck.pt", "--ood", "heldout"], 2, "--ood"),
+    ([*DG, "{d}/ck.pt", "--ood"], 2, "--ood"),
+    ([*DG, "{d}/table.pt", "--ood", "noise"], 2, "--ood applies only to image data sets"),
+    ([*DG, "{d}/ck.pt", "--plots", ""], 2, "--plots"),
+    ([*DG, "{d}/ck.pt", "--plots", "{d}/notes.txt"], 2, "--plots"),
+    ([*DG, "{d}/ck.pt", "--plots", "{d}/notes.txt/sub"], 2, "--plots"),
+    ([*DG, "{d}/ck.pt", "--plots", "{d}/out/figs"], 2, "ppc.png: is a directory"),
+    ([*DG, "{d}/ck.pt", "--arviz", ""], 2, "--arviz"),
+    ([*DG, "{d}/ck.pt", "--arviz", "{d}/adir"], 2, "--arviz"),
+    ([*DG, "{d}/ck.pt", "--arviz", "{d}/nodir/d.nc"], 2, "--arviz"),
+    ([*DG, "{d}/ck.pt", "--arviz", "{d}/ck.pt"], 2, "--arviz {d}/ck.pt is the input --checkpoint"),
+    ([*DG, "{d}/ck.pt", "--json", "{d}/ck.pt"], 2, "--json"),
+    ([*DG, "{d}/ck.pt", "--json", "{d}/d.nc", "--arviz", "{d}/d.nc"], 2, "--arviz"),
+    ([*DG, "{d}/empty.pt"], 1, "empty.pt"),
+    ([*DG, "{d}/random.pt"], 1, "random.pt"),
+    ([*DG, "{d}/foreign.pt"], 1, "foreign.pt"),
+    ([*DG, "{d}/nospec.pt"], 1, "nospec.pt"),
+    ([*DG, "{d}/badspec.pt"], 1, "badspec.pt"),
+    ([*DG, "{d}/mismatched.pt"], 1, "mismatched.pt"),
     # -- files that are not usable checkpoints -------------------------------------------
     ([*EV, ""], 2, "--checkpoint"),
     ([*EV, "{d}/adir"], 2, "--checkpoint"),

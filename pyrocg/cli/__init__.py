@@ -1,4 +1,5 @@
-"""The ``pyrocg`` command: ``demo``, ``demo-crf``, ``train`` and ``evaluate`` (public API only).
+"""The ``pyrocg`` command: ``demo``, ``demo-crf``, ``train``, ``evaluate`` and ``diagnose``
+(public API only).
 
 Every argument, input file and output path is checked before any data are loaded or any
 training starts (:mod:`pyrocg.cli.checks`). :func:`main` returns the exit status and prints
@@ -26,12 +27,13 @@ from ..infer.checkpoint import CheckpointLockedError
 from .checks import UsageError
 from .commands import build_mode, build_model, cmd_evaluate, cmd_train
 from .demos import cmd_demo, cmd_demo_crf
+from .diagnose import cmd_diagnose
 from .parser import make_parser
 
 __all__ = ["main", "make_parser", "build_mode", "build_model", "UsageError"]
 
 COMMANDS = {"demo": cmd_demo, "demo-crf": cmd_demo_crf, "train": cmd_train,
-            "evaluate": cmd_evaluate}
+            "evaluate": cmd_evaluate, "diagnose": cmd_diagnose}
 
 
 def _one_line(text: str, limit: int = 1000) -> str:

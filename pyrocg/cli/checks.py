@@ -53,6 +53,8 @@ DATASETS = ("digits", "fashion-mnist", "table")
 MODEL_NAMES = ("mlp", "cnn", "resnet20")
 OPTIMIZERS = ("adam", "sgd")
 IMAGE_DATASETS = ("digits", "fashion-mnist")
+#: The out-of-distribution sets ``pyrocg diagnose --ood`` builds from the test images.
+OOD_SETS = ("noise", "inverted", "rotated")
 DEFAULTS: dict[str, Any] = {
     "dataset": "digits", "model": "mlp", "mode": "feedforward", "rate": 0.3, "p": 0.2,
     "local_reparam": False, "weight_decay": 0.0, "seed": 0, "data_dir": None, "limit": None,

@@ -36,7 +36,8 @@ from .checks import (
     resume_differences,
 )
 
-__all__ = ["build_mode", "build_model", "cmd_train", "cmd_evaluate", "note", "write_json"]
+__all__ = ["build_mode", "build_model", "cmd_train", "cmd_evaluate", "load_checkpoint_model",
+           "note", "write_json"]
 
 
 def note(message: str) -> None:
@@ -233,13 +234,11 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_evaluate(args) -> int:
-    device = check_device_flag(args.device)
-    check_samples(args.samples)
-    seed = None if args.seed is None else check_seed(args.seed)
-    ck = check_input_file("--checkpoint", args.checkpoint, "checkpoint file")
-    out = check_output_file("--json", args.json)
-    check_distinct({"--json": out}, {"--checkpoint": ck})
+def load_checkpoint_model(ck: Path, device: torch.device
+                          ) -> tuple[dict, dict, Any, infer.CGModel]:
+    """``(state, spec, data, model)`` of a checkpoint written by ``pyrocg train``: the model
+    its spec describes, built on its data set with the run's seed, with the saved weights.
+    Torch's RNG is left as after building the model with the run's seed."""
     state = infer.load_checkpoint(ck, map_location=device)
     spec = _spec_of(state, str(ck))
     data = load_data(spec, device)
@@ -248,6 +247,17 @@ def cmd_evaluate(args) -> int:
     model.initialize(data.train.x[:2], data.train.y[:2])
     check_weights(model, state.get("model"), ck, spec)
     model.load_state_dict(state["model"])
+    return state, spec, data, model
+
+
+def cmd_evaluate(args) -> int:
+    device = check_device_flag(args.device)
+    check_samples(args.samples)
+    seed = None if args.seed is None else check_seed(args.seed)
+    ck = check_input_file("--checkpoint", args.checkpoint, "checkpoint file")
+    out = check_output_file("--json", args.json)
+    check_distinct({"--json": out}, {"--checkpoint": ck})
+    state, spec, data, model = load_checkpoint_model(ck, device)
     if seed is not None:
         pyro.set_rng_seed(seed)  # the prediction's draws
     result = infer.evaluate(model, data.test.x, data.test.y, args.samples)

@@ -1,4 +1,5 @@
-"""``pyrocg demo`` (an mlp on digits in every mode) and ``pyrocg demo-crf``."""
+"""``pyrocg demo`` (an mlp on digits in every mode; ``--plots`` writes the diagnostic figures
+of every mode, ``--arviz`` the InferenceData of the MC-dropout run) and ``pyrocg demo-crf``."""
 
 from __future__ import annotations
 
@@ -14,12 +15,12 @@ from .checks import (
     check_device_flag,
     check_distinct,
     check_epochs,
-    check_output_dir,
     check_output_file,
     check_samples,
     check_seed,
 )
 from .commands import build_model, mode_for, write_json
+from .diagnose import check_diagnostic_outputs, inference_data, write_arviz, write_plots
 
 __all__ = ["cmd_demo", "cmd_demo_crf", "CRF_TASKS"]
 
@@ -54,14 +55,12 @@ def _demo_modes() -> list[tuple[modes.Mode, float]]:
 def cmd_demo(args) -> int:
     device, seed = _common(args)
     out = check_output_file("--json", args.json)
-    plots = check_output_dir("--plots", args.plots)
-    if plots is not None and plots.is_dir():
-        check_output_file("--plots", str(plots / "reliability.png"))
-    check_distinct({"--json": out, "--plots": plots / "reliability.png" if plots else None}, {})
+    outs = check_diagnostic_outputs(args)
+    check_distinct({"--json": out, **outs}, {})
     print(f"pyrocg demo: an mlp on scikit-learn digits in every mode ({device}, seed {seed})")
     data = load_dataset("digits", device=device, seed=seed)
     print(data)
-    rows, results, predictions = [], {}, {}
+    rows, results, predictions, idata = [], {}, {}, {}
     for mode, lr in _demo_modes():
         name = mode.name
         spec = {"dataset": "digits", "model": "mlp", "hidden": [512, 512], "seed": seed,
@@ -81,17 +80,17 @@ def cmd_demo(args) -> int:
         res["seconds"] = seconds
         results[name] = {k: res[k] for k in ("accuracy", "nll", "ece", "brier", "seconds")}
         rows.append({"mode": name, **results[name]})
-        predictions[name] = infer.predict(model, data.test.x, data.test.y, args.samples).mean
+        predictions[name] = infer.predict(model, data.test.x, data.test.y, args.samples)
         print(f"  {name:12s} accuracy={res['accuracy']:.4f} nll={res['nll']:.4f} "
               f"ece={res['ece']:.4f} ({seconds:.1f}s)")
+        if isinstance(mode, modes.MCDropout) and (args.arviz or args.plots):
+            idata[name] = inference_data(model, data, args.samples)
     print()
     _print_table(rows, ["mode", "accuracy", "nll", "ece", "brier", "seconds"])
     write_json(out, {"dataset": "digits", "results": results})
-    if plots is not None:
-        from ..diagnostics import plot_reliability
-
-        path = plot_reliability(predictions, data.test.y, plots / "reliability.png")
-        print(f"wrote {path}")
+    if outs["--arviz"] is not None:
+        write_arviz(next(iter(idata.values())), outs["--arviz"])
+    write_plots(outs["--plots"], predictions, data.test.y, idata=idata)
     return 0
 
 

@@ -12,7 +12,15 @@ import argparse
 from typing import NoReturn
 
 from .. import modes
-from .checks import DATASETS, DEFAULTS, MAX_SAMPLES, MODEL_NAMES, OPTIMIZERS, UsageError
+from .checks import (
+    DATASETS,
+    DEFAULTS,
+    MAX_SAMPLES,
+    MODEL_NAMES,
+    OOD_SETS,
+    OPTIMIZERS,
+    UsageError,
+)
 
 __all__ = ["make_parser", "CRF_TASK_NAMES"]
 
@@ -41,7 +49,7 @@ def _add_common(p: argparse.ArgumentParser, samples_default: int = 100,
 
 
 def make_parser() -> argparse.ArgumentParser:
-    """The parser of ``pyrocg demo|demo-crf|train|evaluate``."""
+    """The parser of ``pyrocg demo|demo-crf|train|evaluate|diagnose``."""
     ap = _Parser(prog="pyrocg", description="Neural networks as chain graphs.")
     ap.add_argument("--debug", action="store_true", default=False,
                     help="show the traceback of an error (also: PYROCG_DEBUG=1)")
@@ -49,7 +57,10 @@ def make_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="train an mlp on digits in every mode, compare")
     _add_common(d)
     d.add_argument("--epochs", type=int, default=40)
-    d.add_argument("--plots", default=None, help="write plots into this directory")
+    d.add_argument("--plots", default=None,
+                   help="write the diagnostic figures of every mode into this directory")
+    d.add_argument("--arviz", default=None, metavar="PATH.nc",
+                   help="write the ArviZ InferenceData of the mc-dropout run (netCDF)")
     c = sub.add_parser("demo-crf", help="CRF output layers vs independent outputs on digit tasks")
     _add_common(c)
     c.add_argument("--task", choices=("all", *CRF_TASK_NAMES), default="all")
@@ -100,4 +111,14 @@ def make_parser() -> argparse.ArgumentParser:
     _add_common(e, seed_help="seed of the prediction's random draws, in [0, 2**32) (default: "
                 "as after building the model with the run's seed)")
     e.add_argument("--checkpoint", required=True)
+    g = sub.add_parser("diagnose", help="uncertainty, calibration and OOD figures of a checkpoint")
+    _add_common(g, seed_help="seed of the prediction's random draws and the noise OOD set, in "
+                "[0, 2**32) (default: as after building the model with the run's seed)")
+    g.add_argument("--checkpoint", required=True, help="a checkpoint written by `pyrocg train`")
+    g.add_argument("--plots", default=None, help="write the diagnostic figures into this directory")
+    g.add_argument("--arviz", default=None, metavar="PATH.nc",
+                   help="write the ArviZ InferenceData (netCDF)")
+    g.add_argument("--ood", nargs="+", choices=OOD_SETS, default=None,
+                   help="out-of-distribution sets built from the test images, scored by AUROC "
+                   "and FPR at 95%% TPR")
     return ap

@@ -9,6 +9,8 @@ from .arviz import plot_loo_pit, plot_ppc, to_inference_data
 from .calibration import fit_temperature, temperature_scale
 from .ood import SCORES, ood_metrics, ood_scores
 from .plots import (
+    ARVIZ_FIGURES,
+    DIAGNOSTIC_FIGURES,
     plot_accuracy_rejection,
     plot_confidence_histogram,
     plot_reliability,
@@ -48,6 +50,8 @@ __all__ = [
     "plot_uncertainty_histograms",
     "plot_accuracy_rejection",
     "write_diagnostic_plots",
+    "DIAGNOSTIC_FIGURES",
+    "ARVIZ_FIGURES",
     "entropy",
     "predictive_entropy",
     "expected_entropy",

@@ -25,7 +25,14 @@ __all__ = [
     "plot_uncertainty_histograms",
     "plot_accuracy_rejection",
     "write_diagnostic_plots",
+    "DIAGNOSTIC_FIGURES",
+    "ARVIZ_FIGURES",
 ]
+
+#: The files :func:`write_diagnostic_plots` always writes, and those it adds with ``idata``.
+DIAGNOSTIC_FIGURES = ("reliability.png", "confidence.png", "rejection.png", "entropy.png",
+                      "mutual_information.png")
+ARVIZ_FIGURES = ("ppc.png", "loo_pit.png")
 
 
 def _pyplot():
@@ -222,13 +229,14 @@ def write_diagnostic_plots(
     directory = Path(directory)
     y = y.detach().cpu()
     written = [
-        plot_reliability(predictions, y, directory / "reliability.png", n_bins=n_bins),
-        plot_confidence_histogram(predictions, y, directory / "confidence.png"),
-        plot_accuracy_rejection(predictions, y, directory / "rejection.png"),
+        plot_reliability(predictions, y, directory / DIAGNOSTIC_FIGURES[0], n_bins=n_bins),
+        plot_confidence_histogram(predictions, y, directory / DIAGNOSTIC_FIGURES[1]),
+        plot_accuracy_rejection(predictions, y, directory / DIAGNOSTIC_FIGURES[2]),
     ]
-    for key, label, fname in (("predictive_entropy", "predictive entropy (nats)", "entropy"),
+    for key, label, fname in (("predictive_entropy", "predictive entropy (nats)",
+                               DIAGNOSTIC_FIGURES[3]),
                               ("mutual_information", "mutual information (nats)",
-                               "mutual_information")):
+                               DIAGNOSTIC_FIGURES[4])):
         scores: dict[str, dict[str, torch.Tensor]] = {}
         for name, p in predictions.items():
             u = classification_uncertainty(_passes(p))[key]
@@ -239,11 +247,11 @@ def write_diagnostic_plots(
             else:
                 right = _mean(p).argmax(-1) == y
                 scores[name] = {"correct": u[right], "wrong": u[~right]}
-        written.append(plot_uncertainty_histograms(scores, directory / f"{fname}.png",
+        written.append(plot_uncertainty_histograms(scores, directory / fname,
                                                    xlabel=label, title=label.split(" (")[0].capitalize()))
     if idata is not None:
         from .arviz import plot_loo_pit, plot_ppc
 
-        written.append(plot_ppc(idata, directory / "ppc.png"))
-        written.append(plot_loo_pit(idata, directory / "loo_pit.png"))
+        written.append(plot_ppc(idata, directory / ARVIZ_FIGURES[0]))
+        written.append(plot_loo_pit(idata, directory / ARVIZ_FIGURES[1]))
     return written
