@@ -37,10 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine, print_table, write_json  # noqa: E402
 
-from pyrocg import diagnostics, infer, metrics, models  # noqa: E402
+from pyrocg import diagnostics, infer, metrics, models, modes  # noqa: E402
 from pyrocg.data import Split, load_digits, load_fashion_mnist  # noqa: E402
 
-MODES = ("feedforward", "pcff", "mc-dropout", "bayes")
+#: The benchmark's modes: {label: pyrocg mode name} (PCFF trains with PCFF and predicts
+#: with T PCFF passes: the ancestral-sampling mode).
+MODES = {"feedforward": "feedforward", "pcff": "pcff-sampling", "mc-dropout": "mc-dropout",
+         "bayes": "bayes"}
 OOD_SETS = ("heldout", "noise", "inverted", "rotated")
 IN_CLASSES = 8
 COLUMNS = ["mode", "accuracy", "nll", "ece", "brier", "aurc", "ts_nll", "ts_ece",
@@ -71,28 +74,31 @@ def split_in_out(data):
     return inside, ood
 
 
-def make_model(dataset: str, data, mode: str, args):
-    p = args.p if mode == "mc-dropout" else 0.0
+def make_mode(label: str, args) -> modes.Mode:
+    """The mode of ``label``, given those of ``--rate`` / ``--prior-scale`` it takes."""
+    name = MODES[label]
+    offered = {"rate": args.rate, "prior": infer.GaussianPrior(args.prior_scale, biases=True)}
+    accepted = modes.mode_parameters(name)
+    return modes.get_mode(name, **{k: v for k, v in offered.items() if k in accepted})
+
+
+def make_model(dataset: str, data, mode: modes.Mode, args):
+    p = args.p if mode.uses_dropout else 0.0
     if dataset == "digits":
         net = models.mlp(data.input_shape[0], [512, 512], IN_CLASSES, dropout=p)
     else:
         net = models.cnn(data.input_shape[0], IN_CLASSES, data.input_shape[-1], dropout=p)
-    n = len(data.train)
-    if mode == "pcff":
-        return infer.CGModel(net, infer.Categorical(n), "pcff-sampling", rate=args.rate)
-    if mode == "bayes":
-        return infer.CGModel(net, infer.Categorical(n), "bayes",
-                             prior=infer.GaussianPrior(args.prior_scale, biases=True))
-    return infer.CGModel(net, infer.Categorical(n), mode)
+    return infer.CGModel(net, infer.Categorical(len(data.train)), mode)
 
 
-def run_mode(dataset: str, data, ood, mode: str, args) -> tuple[dict, dict]:
+def run_mode(dataset: str, data, ood, label: str, args) -> tuple[dict, dict]:
     torch.manual_seed(args.seed)
+    mode = make_mode(label, args)
     model = make_model(dataset, data, mode, args)
     epochs = args.epochs if dataset == "digits" else args.fashion_epochs
     milestones = (epochs - max(1, epochs // 4),) if epochs > 1 else ()
     config = infer.TrainConfig(epochs=epochs, batch_size=64 if dataset == "digits" else 128,
-                               lr=args.bayes_lr if mode == "bayes" else args.lr,
+                               lr=args.bayes_lr if mode.random_weights else args.lr,
                                seed=args.seed, milestones=milestones,
                                eval_samples=args.val_samples, progress=False)
     t0 = time.perf_counter()
@@ -107,7 +113,7 @@ def run_mode(dataset: str, data, ood, mode: str, args) -> tuple[dict, dict]:
 
     y = data.test.y
     probs = pred.probs.double()
-    row = {"mode": mode, **metrics.classification_metrics(probs.mean(0), y)}
+    row = {"mode": label, **metrics.classification_metrics(probs.mean(0), y)}
     tau = diagnostics.fit_temperature(val.outputs, data.val.y)
     scaled = diagnostics.temperature_scale(pred.outputs.double(), tau)
     row.update(ts_nll=float(metrics.nll(scaled, y)),
@@ -123,10 +129,11 @@ def run_mode(dataset: str, data, ood, mode: str, args) -> tuple[dict, dict]:
                train_s=train_s, predict_s=predict_s, ood=ood_res)
     torch.manual_seed(args.seed + 1)
     idata = diagnostics.to_inference_data(model, data, chains=4, draws=args.samples // 4)
-    print(f"  [{dataset}] {mode:11s} acc={row['accuracy']:.4f} nll={row['nll']:.4f} "
+    print(f"  [{dataset}] {label:11s} acc={row['accuracy']:.4f} nll={row['nll']:.4f} "
           f"ece={row['ece']:.4f} auroc(H)={row['auroc_entropy']:.3f} "
           f"auroc(MI)={row['auroc_mi']:.3f} ({train_s:.0f}s + {predict_s:.1f}s)", flush=True)
-    return row, {"pred": pred, "ood": preds_out["heldout"], "idata": idata}
+    return row, {"pred": pred, "ood": preds_out["heldout"], "idata": idata,
+                 "stochastic": mode.stochastic_prediction}
 
 
 def bench(dataset: str, data, args) -> tuple[list[dict], dict]:
@@ -135,10 +142,10 @@ def bench(dataset: str, data, args) -> tuple[list[dict], dict]:
           f"{len(inside.test)} test, OOD {', '.join(f'{k}={len(v)}' for k, v in ood.items())}",
           flush=True)
     rows, outs = [], {}
-    for mode in args.modes:
-        row, out = run_mode(dataset, inside, ood, mode, args)
+    for label in args.modes:
+        row, out = run_mode(dataset, inside, ood, label, args)
         rows.append(row)
-        outs[mode] = out
+        outs[label] = out
     az = diagnostics.arviz.import_arviz()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ArviZ's Pareto-k warnings; the table has the flag
@@ -152,7 +159,8 @@ def bench(dataset: str, data, args) -> tuple[list[dict], dict]:
         paths = diagnostics.write_diagnostic_plots(
             directory, {m: o["pred"] for m, o in outs.items()}, inside.test.y,
             ood={m: o["ood"] for m, o in outs.items()},
-            idata={m: o["idata"] for m, o in outs.items() if m != "feedforward"})
+            # ArviZ's PPC / LOO-PIT of one repeated deterministic pass say nothing.
+            idata={m: o["idata"] for m, o in outs.items() if o["stochastic"]})
         print("wrote", ", ".join(str(p) for p in paths))
     return rows, outs
 
@@ -179,10 +187,10 @@ def main(argv=None):
     ap.add_argument("--fashion-epochs", type=int, default=4)
     ap.add_argument("--limit", type=int, default=None, help="Fashion-MNIST training images")
     ap.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX directory")
-    ap.add_argument("--p", type=float, default=0.3, help="dropout rate of mc-dropout")
+    ap.add_argument("--p", type=float, default=0.3, help="dropout rate of the dropout modes")
     ap.add_argument("--rate", type=float, default=0.3, help="PCFF rate")
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--bayes-lr", type=float, default=1e-2)
+    ap.add_argument("--bayes-lr", type=float, default=1e-2, help="lr of random-weight modes")
     ap.add_argument("--prior-scale", type=float, default=1.0)
     ap.add_argument("--samples", type=int, default=100, help="test passes T")
     ap.add_argument("--val-samples", type=int, default=10)
