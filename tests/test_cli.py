@@ -136,6 +136,35 @@ def test_diagnose_a_checkpoint_matches_metrics_and_evaluate(tmp_path, capsys):
             "predictions"} <= set(idata.groups())
 
 
+def test_diagnose_a_regression_model(tmp_path, capsys):
+    """A table with a numeric target: RMSE, NLL (as `evaluate`'s), interval coverage; the
+    figures and OOD sets are for classifiers (exit 2, one line)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(80, 2, generator=g)
+    y = x.sum(1) + 0.1 * torch.randn(80, generator=g)
+    table = tmp_path / "reg.csv"
+    table.write_text("a,b,y\n" + "".join(f"{a:.4f},{b:.4f},{t:.4f}\n"
+                                          for (a, b), t in zip(x.tolist(), y.tolist(),
+                                                               strict=True)))
+    ck = tmp_path / "reg.pt"
+    assert main(["train", "--dataset", "table", "--table", str(table), "--mode", "mc-dropout",
+                 "--epochs", "2", "--samples", "2", "--quiet", "--checkpoint", str(ck)]) == 0
+    got = _diagnose_json(tmp_path, "reg", ["--checkpoint", str(ck), "--samples", "8",
+                                           "--seed", "1", "--arviz", str(tmp_path / "r.nc")])
+    ev = tmp_path / "eval.json"
+    assert main(["evaluate", "--checkpoint", str(ck), "--samples", "8", "--seed", "1",
+                 "--json", str(ev)]) == 0
+    evaluated = json.loads(ev.read_text())["test"]
+    assert got["test"]["rmse"] == pytest.approx(evaluated["rmse"], abs=1e-6)
+    assert got["test"]["nll"] == pytest.approx(evaluated["nll"], abs=1e-6)
+    assert 0 <= got["test"]["coverage_90"] <= 1 and got["test"]["mean_model_variance"] > 0
+    capsys.readouterr()
+    assert main(["diagnose", "--checkpoint", str(ck), "--plots", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--plots: the diagnostic figures are for classifiers" in err
+    assert not (tmp_path / "p").exists()
+
+
 def test_diagnose_a_deterministic_model(tmp_path):
     """Feed-forward predicts with one pass: no epistemic part, no PPC / LOO-PIT figures."""
     ck = tmp_path / "ff.pt"

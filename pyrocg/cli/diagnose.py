@@ -200,7 +200,9 @@ def _classification_figures(pred: infer.Prediction, y: torch.Tensor) -> dict[str
 def _regression_figures(model: infer.CGModel, pred: infer.Prediction, y: torch.Tensor
                         ) -> dict[str, float]:
     scale = model.likelihood.scale.detach()
-    figures = metrics.regression_metrics(pred.mean, pred.variance, y)
+    # The NLL of the predictive mixture, as `pyrocg evaluate` reports it.
+    figures = {"rmse": float(metrics.rmse(pred.mean, y)),
+               "nll": float(-pred.pointwise_log_lik.mean())}
     lo, hi = diagnostics.predictive_interval(pred.outputs, scale, level=0.9)
     figures["coverage_90"] = float(diagnostics.interval_coverage(lo, hi, y))
     u = diagnostics.regression_uncertainty(pred.outputs, scale)
