@@ -58,11 +58,25 @@ class Prediction:
 
 def _chunk_size(model: CGModel, x: torch.Tensor, num_samples: int, budget: int) -> int:
     """Passes per chunk so that one chunk's node values stay within ``budget`` elements."""
-    # One pass on a single datum measures how many node values a datum creates.
-    tr = poutine.trace(model.forward_predict).get_trace(x[:1])
-    per_datum = sum(s["value"].numel() for s in tr.nodes.values() if s["type"] == "sample")
-    per_datum = max(per_datum, tr.nodes["_RETURN"]["value"].numel(), 1)
-    return max(1, min(num_samples, budget // (per_datum * x.shape[0])))
+    return max(1, min(num_samples, budget // (_per_pass(model, x) * x.shape[0])))
+
+
+def _per_pass(model: CGModel, x: torch.Tensor) -> int:
+    """Node values one pass adds per datum, beyond what all passes share."""
+    # Two passes on a single datum measure the node values each *pass* adds. Values that are
+    # stride-0 copies over the passes (every layer before the first random site: a chunk
+    # computes them once) cost nothing per pass — so MC dropout on a convnet, random only in
+    # its dense head, takes all T passes in one chunk instead of one per chunk.
+    probe = x[:1].expand((2,) + tuple(x[:1].shape))
+    tr = poutine.trace(model.forward_predict).get_trace(probe)
+    values = [s["value"] for s in tr.nodes.values() if s["type"] == "sample"]
+    per_pass = 0
+    for v in values + [tr.nodes["_RETURN"]["value"]]:
+        if v.dim() and v.shape[0] == 2:
+            per_pass += 0 if v.stride(0) == 0 else v[0].numel()
+        else:
+            per_pass += v.numel()
+    return max(per_pass, 1)
 
 
 def _traced(fn: Callable, x: torch.Tensor, sites: Sequence[str] | None,
@@ -145,12 +159,26 @@ def predict(
         else:
             budget = memory_budget or (
                 _CPU_BUDGET if x.device.type == "cpu" else _ACCELERATOR_BUDGET)
-            size = chunk_size or _chunk_size(model, x, num_samples, budget)
-            outputs = torch.cat([
-                _traced(model.forward_predict, x.expand((min(size, num_samples - t),) + x.shape),
-                        return_sites, collected, True)
-                for t in range(0, num_samples, size)
-            ])
+            per_pass = _per_pass(model, x) if chunk_size is None else 0
+            size = chunk_size or max(1, min(num_samples, budget // (per_pass * x.shape[0])))
+            rows = budget // (per_pass * num_samples) if per_pass else 0
+            if size < num_samples and rows >= 1 and not return_sites:
+                # Chunks of rows with all T passes each: the part every pass shares (e.g. a
+                # convnet's trunk below MC dropout) is computed once per row, not once per
+                # chunk of passes.
+                outputs = torch.cat([
+                    _traced(model.forward_predict,
+                            x[i:i + rows].expand((num_samples,) + x[i:i + rows].shape),
+                            None, collected, True)
+                    for i in range(0, x.shape[0], rows)
+                ], dim=1)
+            else:
+                outputs = torch.cat([
+                    _traced(model.forward_predict,
+                            x.expand((min(size, num_samples - t),) + x.shape),
+                            return_sites, collected, True)
+                    for t in range(0, num_samples, size)
+                ])
     finally:
         model.train(was_training)
     lik = model.likelihood

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from pyro.nn import PyroModule
 
+from .base import broadcast_apply
+
 __all__ = ["AvgPool2d", "MaxPool2d", "GlobalAvgPool2d", "Flatten"]
 
 
@@ -22,8 +24,12 @@ class _Pool2d(PyroModule):
             raise ValueError(
                 f"{type(self).__name__}: input must be (..., batch, C, H, W), got {tuple(x.shape)}"
             )
-        y = self._pool(x.reshape((-1,) + x.shape[-3:]))
-        return y.reshape(x.shape[:-3] + y.shape[1:])
+        def pool(rows: torch.Tensor) -> torch.Tensor:
+            y = self._pool(rows.reshape((-1,) + rows.shape[-3:]))
+            return y.reshape(rows.shape[:-3] + y.shape[1:])
+
+        # Stride-0 copies (MC passes before the first random site) are pooled once.
+        return broadcast_apply(pool, x, 3)
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"

@@ -12,7 +12,19 @@ from __future__ import annotations
 import torch
 from pyro.distributions import TorchDistribution
 
-__all__ = ["CGNode", "check_energy"]
+__all__ = ["CGNode", "check_energy", "apply_once"]
+
+
+def apply_once(fn, energy: torch.Tensor) -> torch.Tensor:
+    """``fn(energy)`` for a map acting element-wise (or along the last dim only), computed
+    once over the stride-0 copies of ``energy`` (``x.expand(T, ...)`` for T prediction passes,
+    before the first random site every pass is the same) and expanded back: a view, exact,
+    and autograd sums the gradient over the copies."""
+    copies = [d for d in range(energy.dim() - 1) if energy.stride(d) == 0 and energy.shape[d] > 1]
+    if not copies:
+        return fn(energy)
+    index = tuple(slice(0, 1) if d in copies else slice(None) for d in range(energy.dim()))
+    return fn(energy[index]).expand(energy.shape)
 
 
 def check_energy(energy: object, name: str = "energy", min_dim: int = 0) -> torch.Tensor:

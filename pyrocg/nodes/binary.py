@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch.distributions import constraints
 
 from ._random import bernoulli
-from .base import CGNode, check_energy
+from .base import CGNode, apply_once, check_energy
 
 __all__ = ["BinaryNode", "ESTIMATORS"]
 
@@ -101,8 +101,8 @@ class BinaryNode(CGNode):
 
     @property
     def feedforward(self) -> torch.Tensor:
-        d = self.high - self.low
-        return 0.5 * d * torch.tanh(0.5 * self.logits) + 0.5 * (self.low + self.high)
+        d, mid = self.high - self.low, 0.5 * (self.low + self.high)
+        return apply_once(lambda e: 0.5 * d * torch.tanh(0.5 * (d * e)) + mid, self.energy)
 
     @property
     def mean(self) -> torch.Tensor:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import constraints
 
-from .base import CGNode, check_energy
+from .base import CGNode, apply_once, check_energy
 from .binary import check_estimator
 
 __all__ = ["CategoricalNode"]
@@ -59,7 +59,7 @@ class CategoricalNode(CGNode):
 
     @property
     def feedforward(self) -> torch.Tensor:
-        return self.probs
+        return apply_once(lambda e: torch.softmax(e, -1), self.energy)
 
     @property
     def mean(self) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import constraints
 
-from .base import CGNode, check_energy
+from .base import CGNode, apply_once, check_energy
 
 __all__ = [
     "RectifiedGaussianNode",
@@ -207,7 +207,7 @@ class ReLUNode(RectifiedGaussianNode):
 
     @property
     def feedforward(self) -> torch.Tensor:
-        return F.relu(self.energy)
+        return apply_once(F.relu, self.energy)
 
 
 class SoftplusNode(RectifiedGaussianNode):
@@ -221,7 +221,7 @@ class SoftplusNode(RectifiedGaussianNode):
 
     @property
     def feedforward(self) -> torch.Tensor:
-        return F.softplus(self.energy)
+        return apply_once(F.softplus, self.energy)
 
 
 class LeakyReLUNode(RectifiedGaussianNode):
@@ -240,7 +240,7 @@ class LeakyReLUNode(RectifiedGaussianNode):
 
     @property
     def feedforward(self) -> torch.Tensor:
-        return F.leaky_relu(self.energy, self.negative_slope)
+        return apply_once(lambda e: F.leaky_relu(e, self.negative_slope), self.energy)
 
 
 class GaussianNode(RectifiedGaussianNode):
