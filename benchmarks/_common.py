@@ -66,3 +66,19 @@ def write_json(path: str | None, payload: dict) -> None:
         with open(path, "w") as f:
             json.dump(payload, f, indent=2)
         print(f"wrote {path}")
+
+
+def report(name: str, lines: list[str], total: float, device: torch.device, args,
+           results: dict) -> None:
+    """Print the goal lines and the run's total, and write the JSON of ``--json``."""
+    import datetime
+
+    print()
+    for line in lines:
+        print("goal:", line)
+    print(f"total {total:.0f}s, {machine(device)}, torch {torch.__version__}")
+    write_json(args.json, {
+        "benchmark": name, "date": datetime.date.today().isoformat(),
+        "machine": machine(device), "args": vars(args), "results": results, "goals": lines,
+        "seconds": total,
+    })

@@ -18,7 +18,6 @@ dropout at its best p.
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine, print_table, write_json  # noqa: E402
+from _common import print_table, report  # noqa: E402
 
 from pyrocg import infer, models, modes  # noqa: E402
 from pyrocg.data import load_digits, load_fashion_mnist  # noqa: E402
@@ -196,15 +195,7 @@ def main(argv=None):
         samples = args.digits_samples if dataset == "digits" else args.fashion_samples
         print(f"\n{dataset}: {arch}, {epochs} epochs, test T={samples} for mc-dropout/bayes")
         print_table(rows, COLUMNS)
-    print()
-    for line in lines:
-        print("goal:", line)
-    print(f"total {total:.0f}s, {machine(device)}, torch {torch.__version__}")
-    write_json(args.json, {
-        "benchmark": "accuracy", "date": datetime.date.today().isoformat(),
-        "machine": machine(device), "args": vars(args), "results": results, "goals": lines,
-        "seconds": total,
-    })
+    report("accuracy", lines, total, device, args, results)
 
 
 if __name__ == "__main__":

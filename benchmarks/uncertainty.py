@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import sys
 import time
 import warnings
@@ -35,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine, print_table, write_json  # noqa: E402
+from _common import print_table, report  # noqa: E402
 
 from pyrocg import diagnostics, infer, metrics, models, modes  # noqa: E402
 from pyrocg.data import Split, load_digits, load_fashion_mnist  # noqa: E402
@@ -224,15 +223,7 @@ def main(argv=None):
         print(f"\n{dataset}: {arch}, {epochs} epochs, T={args.samples}, OOD AUROC on held-out "
               "classes 8-9 (mean_*: over held-out, noise, inverted, rotated)")
         print_table(rows, COLUMNS)
-    print()
-    for line in lines:
-        print("goal:", line)
-    print(f"total {total:.0f}s, {machine(device)}, torch {torch.__version__}")
-    write_json(args.json, {
-        "benchmark": "uncertainty", "date": datetime.date.today().isoformat(),
-        "machine": machine(device), "args": vars(args), "results": results, "goals": lines,
-        "seconds": total,
-    })
+    report("uncertainty", lines, total, device, args, results)
 
 
 if __name__ == "__main__":

@@ -56,11 +56,6 @@ class Prediction:
     sites: dict[str, torch.Tensor] | None = None
 
 
-def _chunk_size(model: CGModel, x: torch.Tensor, num_samples: int, budget: int) -> int:
-    """Passes per chunk so that one chunk's node values stay within ``budget`` elements."""
-    return max(1, min(num_samples, budget // (_per_pass(model, x) * x.shape[0])))
-
-
 def _per_pass(model: CGModel, x: torch.Tensor) -> int:
     """Node values one pass adds per datum, beyond what all passes share."""
     # Two passes on a single datum measure the node values each *pass* adds. Values that are

@@ -19,6 +19,7 @@ from pyro.poutine.runtime import am_i_wrapped
 from torch import nn
 
 from ..nodes import CGNode, resolve_node
+from ..nodes.base import apply_once
 from ..validation import check_finite, layer_checks_enabled
 from .site import site_distribution
 
@@ -81,17 +82,9 @@ def check_input(x: object, layer: str, min_dim: int, features: tuple[int | None,
 def broadcast_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
                     unit_dims: int) -> torch.Tensor:
     """``fn(x)`` where ``fn`` maps each row of units independently, computed once per distinct
-    row: leading dims that are stride-0 expansions (``x.expand(T, ...)`` for T MC passes)
-    are copies, so ``fn`` runs on one copy and the result is expanded back (a view; autograd
-    sums gradients over the copies). Before the first random site of a network every pass
-    is identical, so this removes T-fold redundant work there."""
-    lead = x.dim() - unit_dims
-    copies = [d for d in range(lead) if x.stride(d) == 0 and x.shape[d] > 1]
-    if not copies:
-        return fn(x)
-    index = tuple(slice(0, 1) if d in copies else slice(None) for d in range(lead))
-    y = fn(x[index])
-    return y.expand(x.shape[:lead] + y.shape[lead:])
+    row (:func:`pyrocg.nodes.base.apply_once`): stride-0 leading copies — T MC passes before
+    the first random site — cost one pass, not T."""
+    return apply_once(fn, x, unit_dims)
 
 
 #: A callable ``(name, role, node) -> value | None`` that decides sites without Pyro's effect

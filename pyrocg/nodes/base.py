@@ -15,16 +15,19 @@ from pyro.distributions import TorchDistribution
 __all__ = ["CGNode", "check_energy", "apply_once"]
 
 
-def apply_once(fn, energy: torch.Tensor) -> torch.Tensor:
-    """``fn(energy)`` for a map acting element-wise (or along the last dim only), computed
-    once over the stride-0 copies of ``energy`` (``x.expand(T, ...)`` for T prediction passes,
-    before the first random site every pass is the same) and expanded back: a view, exact,
-    and autograd sums the gradient over the copies."""
-    copies = [d for d in range(energy.dim() - 1) if energy.stride(d) == 0 and energy.shape[d] > 1]
+def apply_once(fn, x: torch.Tensor, trailing_dims: int = 1) -> torch.Tensor:
+    """``fn(x)`` for a map acting on each row of the last ``trailing_dims`` dims
+    independently, computed once over the stride-0 copies among the leading dims
+    (``x.expand(T, ...)`` for T prediction passes: before the first random site every pass
+    is the same) and expanded back — a view, exact, and autograd sums the gradient over the
+    copies."""
+    lead = x.dim() - trailing_dims
+    copies = [d for d in range(lead) if x.stride(d) == 0 and x.shape[d] > 1]
     if not copies:
-        return fn(energy)
-    index = tuple(slice(0, 1) if d in copies else slice(None) for d in range(energy.dim()))
-    return fn(energy[index]).expand(energy.shape)
+        return fn(x)
+    index = tuple(slice(0, 1) if d in copies else slice(None) for d in range(lead))
+    y = fn(x[index])
+    return y.expand(x.shape[:lead] + y.shape[lead:])
 
 
 def check_energy(energy: object, name: str = "energy", min_dim: int = 0) -> torch.Tensor:
