@@ -366,3 +366,13 @@ def test_categorical_nodes_on_a_convolution_are_refused():
     conv = layers.Conv2d(1, 3, 3, node="categorical")
     with pytest.raises(ValueError, match="categories are the layer's units"):
         conv(torch.randn(2, 1, 5, 5))
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"fn": 3}, TypeError, "fn must be a model"),
+    ({"fn": lambda: None, "temperature": 0.5}, ValueError, "temperature must be 0"),
+    ({"fn": lambda: None, "first_available_dim": 1}, ValueError, "first_available_dim"),
+])
+def test_infer_discrete_bad_input(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        infer_discrete(**kwargs)

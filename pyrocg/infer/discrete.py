@@ -75,9 +75,17 @@ def infer_discrete(
         ``-(max_plate_nesting + 1)``.
     :param temperature: 1 to sample, 0 for the joint MAP configuration.
     """
+    if temperature not in (0, 1) or isinstance(temperature, bool):
+        raise ValueError(f"temperature must be 0 (MAP) or 1 (sample), got {temperature!r}")
+    if first_available_dim is not None and (not isinstance(first_available_dim, int)
+                                            or first_available_dim >= 0):
+        raise ValueError(f"first_available_dim must be a negative int or None, got "
+                         f"{first_available_dim!r}")
     if fn is None:
         return lambda f: infer_discrete(f, first_available_dim, temperature,
                                         strict_enumeration_warning=strict_enumeration_warning)
+    if not callable(fn):
+        raise TypeError(f"fn must be a model (a callable), got {type(fn).__name__}")
 
     def sampler(*args, **kwargs):
         indexed = pyro.infer.infer_discrete(
