@@ -42,8 +42,9 @@ class ChainCRF(PyroModule):
             raise ValueError(
                 f"unary must have shape (..., length, {self.num_tags}), got {tuple(unary.shape)}"
             )
-        return LinearChainCRF(unary, self.transitions.to(unary.dtype), lengths,
-                              start=self.start, end=self.end)
+        start = None if self.start is None else self.start.to(unary.dtype)
+        end = None if self.end is None else self.end.to(unary.dtype)
+        return LinearChainCRF(unary, self.transitions.to(unary.dtype), lengths, start=start, end=end)
 
     def extra_repr(self) -> str:
         return f"num_tags={self.num_tags}, start_end={self.start is not None}"

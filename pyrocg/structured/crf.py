@@ -243,7 +243,8 @@ class LinearChainCRF(TorchDistribution):
         unary = self._node_potentials
         transitions = self.transitions
         if transitions.dim() > 2:
-            transitions = transitions.reshape(-1, length - 1, num_tags, num_tags)
+            # explicit batch size: -1 is ambiguous for a length-1 chain's (B, 0, C, C)
+            transitions = transitions.reshape(unary.shape[0], length - 1, num_tags, num_tags)
         return unary[:, 0], transitions + unary[:, 1:, None, :]
 
     def _unflatten(self, x: torch.Tensor, event: tuple[int, ...] = ()) -> torch.Tensor:
