@@ -7,7 +7,7 @@
 * :class:`GridMeanFieldCRF`, :class:`MultiLabelMeanFieldCRF`: unrolled mean-field CRFs.
 """
 
-from pyrocg.structured import chain, meanfield, semirings, tree
+from pyrocg.structured import chain, meanfield, semirings
 from pyrocg.structured.crf import LinearChainCRF
 from pyrocg.structured.hmm import ChainHMM, NeuralHMM
 from pyrocg.structured.meanfield import (
@@ -17,23 +17,8 @@ from pyrocg.structured.meanfield import (
     multilabel_mean_field,
 )
 from pyrocg.structured.semirings import LogSemiring, MaxSemiring, Semiring
-from pyrocg.structured.tree import (
-    MultiLabelTreeCRF,
-    Tree,
-    TreeCRF,
-    TreeCRFLikelihood,
-    chow_liu_tree,
-    mutual_information,
-)
 
 __all__ = [
-    "MultiLabelTreeCRF",
-    "Tree",
-    "TreeCRF",
-    "TreeCRFLikelihood",
-    "chow_liu_tree",
-    "mutual_information",
-    "tree",
     "ChainHMM",
     "NeuralHMM",
     "GridMeanFieldCRF",
