@@ -30,6 +30,7 @@ import functools
 from .base import CGMessenger, node_of
 from .dropout import MarginalizeDropoutMessenger, MCDropoutMessenger
 from .feedforward import FeedForwardMessenger
+from .learned import LearnedRatesMessenger, active_rates, using_rates
 from .pcff import PCFFMessenger
 
 __all__ = [
@@ -37,6 +38,10 @@ __all__ = [
     "pcff",
     "mc_dropout",
     "marginalize_dropout",
+    "learned",
+    "using_rates",
+    "active_rates",
+    "LearnedRatesMessenger",
     "CGMessenger",
     "FeedForwardMessenger",
     "PCFFMessenger",
@@ -69,3 +74,4 @@ feedforward = _make_handler(FeedForwardMessenger)
 pcff = _make_handler(PCFFMessenger)
 mc_dropout = _make_handler(MCDropoutMessenger)
 marginalize_dropout = _make_handler(MarginalizeDropoutMessenger)
+learned = _make_handler(LearnedRatesMessenger)

@@ -6,6 +6,7 @@ from .conv import Conv1d, Conv2d
 from .crf import ChainCRF
 from .dense import Dense
 from .dropout import Dropout
+from .gaussian_noise import GaussianDropout, GaussianNoiseNode
 from .indrnn import IndRNN
 from .pool import AvgPool2d, Flatten, GlobalAvgPool2d, MaxPool2d
 from .refine import RefineBlock
@@ -26,6 +27,8 @@ __all__ = [
     "GlobalAvgPool2d",
     "Flatten",
     "Dropout",
+    "GaussianDropout",
+    "GaussianNoiseNode",
     "RefineBlock",
     "IndRNN",
     "Sequential",

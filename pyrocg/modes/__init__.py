@@ -36,6 +36,9 @@ The modes, by shorthand (training pass; prediction):
 * ``"mc-dropout"`` — :class:`MCDropout`: dropout nodes sampled; T such passes averaged.
 * ``"bayes"`` — :class:`BayesianWeights`: weights drawn from the guide; T weight draws.
 * ``"pcff-sampling"`` — :class:`AncestralSampling`: PCFF(rate); T PCFF(rate) passes.
+* ``"pcff-learned"`` — :class:`LearnedPCFF`: PCFF with learned rates; one feed-forward pass.
+* ``"dropout-learned"`` — :class:`LearnedDropout`: dropout with learned rates (Concrete /
+  variational dropout); T passes at the learned rates (:mod:`pyrocg.modes.learned`).
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ from torch.func import functional_call
 from .. import handlers
 from ..layers import CGLayer
 from ..layers import Dropout as DropoutLayer
+from ..layers import GaussianDropout as GaussianDropoutLayer
 from ..layers.reparam import GaussianWeights, local_reparam
 from . import guides, priors
 from .guides import (
@@ -80,6 +84,10 @@ __all__ = [
     "BayesianWeights",
     "AncestralSampling",
     "WeightDraw",
+    "LearnedPCFF",
+    "LearnedDropout",
+    "LearnedRates",
+    "learned_rates",
     "MODES",
     "get_mode",
     "mode_parameters",
@@ -115,7 +123,9 @@ class WeightDraw:
 
 
 def _has_dropout(net: nn.Module) -> bool:
-    return any(isinstance(m, DropoutLayer) and m.p > 0 for m in net.modules())
+    # Bernoulli or Gaussian (multiplicative-noise) dropout nodes: the dropout role.
+    return any(isinstance(m, (DropoutLayer, GaussianDropoutLayer)) and m.p > 0
+               for m in net.modules())
 
 
 def _has_nodes(net: nn.Module) -> bool:
@@ -474,9 +484,17 @@ class BayesianWeights(Mode):
                                   if s["type"] == "sample" and n in params})
 
 
+from .learned import (  # noqa: E402  (they build on Mode and WeightDraw above)
+    LearnedDropout,
+    LearnedPCFF,
+    LearnedRates,
+    learned_rates,
+)
+
 #: Shorthand -> mode class; :func:`get_mode` resolves names with it.
 MODES: dict[str, type[Mode]] = {cls.name: cls for cls in (
-    FeedForward, PCFF, Dropout, MCDropout, BayesianWeights, AncestralSampling)}
+    FeedForward, PCFF, Dropout, MCDropout, BayesianWeights, AncestralSampling, LearnedPCFF,
+    LearnedDropout)}
 
 
 def mode_parameters(mode: str | type[Mode] | Mode) -> tuple[str, ...]:
