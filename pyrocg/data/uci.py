@@ -143,7 +143,8 @@ class UCIData:
 
     :ivar x: raw features ``(n, features)`` float64 (columns of ``index_features.txt``).
     :ivar y: raw target ``(n,)`` float64.
-    :ivar train_indices, test_indices: row indices of each split, in file order.
+    :ivar train_indices: row indices of the training split, in file order.
+    :ivar test_indices: row indices of the test split, in file order.
     :ivar settings: the optional settings files present (``"n_hidden"``, ``"n_epochs"``,
         ``"dropout_rates"``, ``"tau_values"``), each a list of numbers.
     :ivar name: the data set's name (the directory's, or its parent's for ``.../name/data``).
