@@ -262,3 +262,39 @@ def test_dropout_mask_node_is_the_binary_node_it_stands_for():
     wide = mask.expand((3, 2000, 30))
     assert wide.sample().shape == (3, 2000, 30) and wide.keep == keep
     assert torch.allclose(wide.log_prob(values), ref.log_prob(values).expand(3, 2000, 30))
+
+
+@pytest.mark.parametrize("p", [0.3, 0.05, 0.999])
+def test_fast_bernoulli_mask_is_unbiased_and_independent(p, device):
+    """PCFF's boolean selection (32 random bits per element on CPU): the target probability,
+    no position bias inside a 64-bit word, no correlation between neighbours."""
+    from pyrocg.nodes._random import bernoulli_mask
+
+    torch.manual_seed(1)
+    m = bernoulli_mask(p, torch.Size((2000, 128)), device)
+    assert m.dtype == torch.bool and m.shape == (2000, 128) and m.device.type == device.type
+    n, se = m.numel(), math.sqrt(p * (1 - p) / m.numel())
+    assert abs(float(m.double().mean()) - p) <= 4 * se
+    # the two 32-bit halves of each word
+    halves = m.reshape(-1, 2).double().mean(0)
+    assert ((halves - p).abs() <= 4 * math.sqrt(p * (1 - p) / (n / 2))).all()
+    flat = m.reshape(-1).double()
+    c = torch.corrcoef(torch.stack([flat[:-1], flat[1:]]))[0, 1]
+    assert abs(float(c)) <= 4 / math.sqrt(n)
+
+
+def test_partial_relu_draw_backward_is_the_derivative():
+    """ReLU's hand-fused partially collapsed draw: gradcheck in float64, and the same value
+    and gradient as the draw written with autograd."""
+    from pyrocg.nodes.rectified import _PartialReLUDraw
+
+    torch.manual_seed(0)
+    e = torch.randn(30, 20, dtype=torch.float64, requires_grad=True)
+    noise = torch.randn(30, 20, dtype=torch.float64) * (torch.rand(30, 20) < 0.4)
+    assert torch.autograd.gradcheck(lambda x: _PartialReLUDraw.apply(x, noise), (e,))
+    got = _PartialReLUDraw.apply(e, noise)
+    want = torch.relu(e + torch.tanh(e).abs() * noise)
+    assert torch.allclose(got, want, atol=1e-12)
+    g = torch.randn(30, 20, dtype=torch.float64)
+    assert torch.allclose(torch.autograd.grad(got, e, g)[0], torch.autograd.grad(want, e, g)[0],
+                          atol=1e-12)

@@ -37,7 +37,7 @@ from pyro.poutine.runtime import _PYRO_STACK
 
 from ..layers.base import DIRECT_DECIDER, ROLE_KEY
 from ..nodes import CGNode
-from ..nodes._random import bernoulli
+from ..nodes._random import bernoulli_mask
 
 __all__ = ["CGMessenger", "FEEDFORWARD", "SAMPLE", "HANDLED_KEY", "node_of"]
 
@@ -142,9 +142,8 @@ def _value(action, node: CGNode) -> torch.Tensor:
         # sampled site reproduces the unhandled model under the same seed.
         return node.rsample() if node.has_rsample else node.sample()
     # Per element: a draw with probability `action`, else the statistic.
-    e = node.energy
-    return node.rsample_where(bernoulli(action, node.batch_shape + node.event_shape, e.dtype,
-                                        e.device))
+    return node.rsample_where(bernoulli_mask(action, node.batch_shape + node.event_shape,
+                                             node.energy.device))
 
 
 class CGMessenger(Messenger):
@@ -158,11 +157,16 @@ class CGMessenger(Messenger):
         or ``None`` to leave the site alone."""
         raise NotImplementedError
 
+    def value(self, action, node: CGNode) -> torch.Tensor:
+        """The value :meth:`choose`'s ``action`` gives a site of ``node`` (subclasses with
+        actions of their own, such as learned rates, extend it)."""
+        return _value(action, node)
+
     def decide(self, name: str, role: str, node: CGNode) -> torch.Tensor | None:
         """The value this handler gives a site ``name`` of ``role`` with nothing else around
         it, or ``None`` to leave the site alone."""
         action = self.choose(name, role)
-        return None if action is None else _value(action, node)
+        return None if action is None else self.value(action, node)
 
     @contextlib.contextmanager
     def deciding(self) -> Iterator[None]:
@@ -197,7 +201,7 @@ class CGMessenger(Messenger):
         else:
             if action != FEEDFORWARD:
                 fn = _broadcast_to_outer_plates(self, fn)
-            value = _value(action, node_of(fn))
+            value = self.value(action, node_of(fn))
         msg["value"] = value
         msg["is_observed"] = True
         if _PYRO_STACK[0] is self and len(_PYRO_STACK) == 1:

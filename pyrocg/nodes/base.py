@@ -62,7 +62,8 @@ class CGNode(TorchDistribution):
 
     def rsample_where(self, mask: torch.Tensor) -> torch.Tensor:
         """A reparametrised draw where ``mask`` is 1 and the feed-forward statistic where it
-        is 0 (``mask``: a 0/1 float tensor of the full sample shape, ``(*batch, *event)``).
+        is 0 (``mask``: a boolean or 0/1 float tensor of the full sample shape,
+        ``(*batch, *event)``).
 
         This is the partially collapsed value PCFF propagates. The generic form blends a full
         draw with the statistic (``lerp`` by the mask: exact at 0 and 1); nodes whose
@@ -70,6 +71,8 @@ class CGNode(TorchDistribution):
         """
         value = self.rsample(mask.shape[: mask.dim() - len(self.batch_shape)
                                        - len(self.event_shape)])
+        if mask.dtype == torch.bool:
+            mask = mask.to(value.dtype)
         return torch.lerp(self.feedforward.expand(value.shape), value, mask)
 
     def _expand_energy(self, cls: type, batch_shape: torch.Size, _instance, event_shape=()):
