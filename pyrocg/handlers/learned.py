@@ -156,14 +156,16 @@ class LearnedRatesMessenger(CGMessenger):
         logit = rates.logit(name)
         if logit is None:
             return _value(SAMPLE if self.target == "dropout" else FEEDFORWARD, node)
+        if not self.relaxed:
+            logit = logit.detach()  # hard draws: prediction, no gradient to the rates
         if isinstance(node, MaskNode):  # logit = log-odds of dropping
             if self.relaxed:
                 keep = 1.0 - relaxed_bernoulli(logit, shape, self.temperature)
             else:
-                keep = torch.bernoulli(torch.sigmoid(-logit.detach()).expand(shape))
+                keep = torch.bernoulli(torch.sigmoid(-logit).expand(shape))
             return keep / torch.sigmoid(-logit)
         if self.relaxed:
             mask = relaxed_bernoulli(logit, shape, self.temperature)
         else:
-            mask = torch.bernoulli(torch.sigmoid(logit.detach()).expand(shape))
+            mask = torch.bernoulli(torch.sigmoid(logit).expand(shape))
         return node.rsample_where(mask)
