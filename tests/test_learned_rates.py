@@ -138,6 +138,7 @@ def _loss_at(model, x, y, param, value, seed=3):
 
 @pytest.mark.parametrize("mode,kwargs", [
     (modes.LearnedPCFF(per_unit=True, init=0.3), {"node": "softplus"}),
+    (modes.LearnedPCFF(init=0.3), {"node": "relu"}),
     (modes.LearnedDropout(), {"dropout": 0.3, "input_dropout": 0.2}),
     (modes.LearnedDropout(per_unit=True, temperature=0.3), {"dropout": 0.3}),
 ])

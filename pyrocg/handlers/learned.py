@@ -13,7 +13,8 @@ Draws are differentiable in the rates:
 * ``relaxed=True`` (training): the selection/mask is a **binary Concrete** (relaxed
   Bernoulli) draw ``sigmoid((logit + log u - log(1 - u)) / temperature)``, ``u ~ U(0, 1)``
   (Maddison et al. 2017; Gal, Hron & Kendall 2017, who use ``temperature = 0.1``). A PCFF
-  node takes ``node.rsample_where(m)`` (exact at ``m in {0, 1}``); a dropout node takes
+  node takes the blend ``statistic + m * (draw - statistic)`` (exact at ``m in {0, 1}``);
+  a dropout node takes
   ``(1 - drop) / (1 - p)`` (inverted dropout, mean 1 as ``p`` moves).
 * ``relaxed=False`` (MC prediction): hard Bernoulli draws with the learned rates.
 * Gaussian dropout nodes are reparametrised either way: ``1 + sqrt(alpha) * eps``.
@@ -164,8 +165,8 @@ class LearnedRatesMessenger(CGMessenger):
             else:
                 keep = torch.bernoulli(torch.sigmoid(-logit).expand(shape))
             return keep / torch.sigmoid(-logit)
-        if self.relaxed:
-            mask = relaxed_bernoulli(logit, shape, self.temperature)
-        else:
-            mask = torch.bernoulli(torch.sigmoid(logit).expand(shape))
-        return node.rsample_where(mask)
+        if not self.relaxed:
+            return node.rsample_where(torch.bernoulli(torch.sigmoid(logit).expand(shape)))
+        # The generic blend ``lerp(statistic, draw, m)`` (CGNode.rsample_where), not a node's
+        # fast path: those take 0/1 masks and need not pass a gradient to the mask.
+        return CGNode.rsample_where(node, relaxed_bernoulli(logit, shape, self.temperature))
