@@ -113,7 +113,9 @@ class Tree:
                     raise TypeError(f"parents must hold integers, got {p!r} ({type(p).__name__})")
             plist = [int(p) for p in plist]
         else:
-            raise TypeError(f"parents must be a sequence of ints or an integer tensor, got {type(parents).__name__}")
+            raise TypeError(
+                f"parents must be a sequence of ints or an integer tensor, got {type(parents).__name__}"
+            )
         num = len(plist)
         if num == 0:
             raise ValueError("parents must name at least one node (the root, parent -1)")
@@ -230,6 +232,17 @@ def _logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.logsumexp(x, dim)
 
 
+def _log_softmax(x: torch.Tensor) -> torch.Tensor:
+    """``log_softmax`` over the last dimension; a slice that is all ``-inf`` stays ``-inf``
+    (not NaN), with a zero gradient.
+
+    The maximum is subtracted first (without gradient: the result does not depend on it), so
+    the normaliser is computed on numbers of order one and float32 keeps full precision.
+    """
+    shifted = x - x.detach().amax(-1, keepdim=True).clamp_min(torch.finfo(x.dtype).min)
+    return shifted - _logsumexp(shifted, -1).clamp_min(torch.finfo(x.dtype).min).unsqueeze(-1)
+
+
 def _amax(x: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.amax(x, dim)
 
@@ -254,6 +267,7 @@ def _upward(
     inside: list[torch.Tensor] = [None] * depth  # type: ignore[list-item]
     scores: list[torch.Tensor | None] = [None] * depth
     inside[-1] = unary[-1]
+    lowest = torch.finfo(unary[-1].dtype).min
     totals = []
     for d in range(depth - 1, 0, -1):
         t = edges[d] + inside[d].unsqueeze(-2)  # (B, n, C_parent, C)
@@ -261,7 +275,7 @@ def _upward(
         norm = add(message, -1)  # (B, n): moved into the total, so messages stay O(1)
         totals.append(norm.sum(-1))
         # clamp: an impossible subtree (norm = -inf) sends -inf, not NaN
-        message = message - norm.clamp_min(torch.finfo(norm.dtype).min).unsqueeze(-1)
+        message = message - norm.clamp_min(lowest).unsqueeze(-1)
         inside[d - 1] = unary[d - 1].index_add(1, parent_pos[d], message)
         scores[d] = t
     totals.append(add(inside[0], -1).squeeze(-1))
@@ -374,7 +388,8 @@ class TreeCRF(TorchDistribution):
             )
         if edge_potentials.device != unary.device:
             raise ValueError(
-                f"edge_potentials must be on the device of unary ({unary.device}), got {edge_potentials.device}"
+                f"edge_potentials must be on the device of unary ({unary.device}), "
+                f"got {edge_potentials.device}"
             )
         shared = (num - 1, num_classes, num_classes)
         if tuple(edge_potentials.shape) not in (shared, (*batch_shape, *shared)):
@@ -484,7 +499,7 @@ class TreeCRF(TorchDistribution):
         parent_pos = self._schedule.parent_pos
         for d in range(1, len(scores)):
             t = scores[d]
-            log_cond = t - _logsumexp(t, -1).clamp_min(lowest).unsqueeze(-1)  # log p(y | y_parent)
+            log_cond = _log_softmax(t)  # log p(y | y_parent)
             pair = nodes[d - 1].index_select(1, parent_pos[d]).unsqueeze(-1) * log_cond.exp()
             pairs.append(pair)
             nodes.append(pair.sum(-2))
@@ -633,7 +648,8 @@ def mutual_information(
     pi = joint.sum(-1, keepdim=True)
     pj = joint.sum(-2, keepdim=True)
     ratio = joint / (pi * pj)
-    terms = torch.where(joint > 0, joint * ratio.log(), torch.zeros((), dtype=joint.dtype, device=joint.device))
+    zero = torch.zeros((), dtype=joint.dtype, device=joint.device)
+    terms = torch.where(joint > 0, joint * ratio.log(), zero)
     return terms.sum((-2, -1))
 
 
@@ -756,10 +772,11 @@ class TreeCRFLikelihood(Likelihood):
         return self.crf.num_classes == 2
 
     def check_target(self, output: torch.Tensor, y: torch.Tensor) -> None:
-        if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        if (not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex()
+                or y.dtype == torch.bool):
             raise TypeError(f"labels y must be an integer tensor, got {getattr(y, 'dtype', type(y))}")
-        batch = output.shape[-2:-1] if self._binary() and output.shape[-1] == self.crf.tree.num_nodes \
-            else output.shape[-3:-2]
+        logits = self._binary() and output.shape[-1] == self.crf.tree.num_nodes
+        batch = output.shape[-2:-1] if logits else output.shape[-3:-2]
         expected = tuple(batch) + (self.crf.tree.num_nodes,)
         if tuple(y.shape) != expected:
             raise ValueError(f"labels y must have shape (batch, V) = {expected}, got {tuple(y.shape)}")
