@@ -66,8 +66,11 @@ class GaussianNoiseNode(CGNode):
         if not isinstance(like, torch.Tensor) or not like.is_floating_point():
             raise TypeError("like must be a floating-point torch.Tensor")
         if isinstance(alpha, torch.Tensor):
-            if alpha.dim() > like.dim() or torch.broadcast_shapes(alpha.shape, like.shape) \
-                    != like.shape:
+            try:
+                fits = torch.broadcast_shapes(alpha.shape, like.shape) == like.shape
+            except RuntimeError:
+                fits = False
+            if not fits:
                 raise ValueError(f"alpha of shape {tuple(alpha.shape)} does not broadcast to "
                                  f"the noise shape {tuple(like.shape)}")
         elif isinstance(alpha, bool) or not isinstance(alpha, Real) or not alpha >= 0:
