@@ -19,6 +19,13 @@ from ..modes import (
     get_mode,
 )
 from . import distributed
+from .amortised import (
+    AmortisedModel,
+    AmortisedVI,
+    ImportanceEstimate,
+    InferenceNetwork,
+    marginal_log_likelihood,
+)
 from .checkpoint import load_checkpoint, save_checkpoint
 from .discrete import infer_discrete
 from .likelihoods import (
@@ -35,6 +42,11 @@ from .trainer import TrainConfig, TrainingDiverged, evaluate, fit
 
 __all__ = [
     "distributed",
+    "AmortisedModel",
+    "AmortisedVI",
+    "InferenceNetwork",
+    "ImportanceEstimate",
+    "marginal_log_likelihood",
     "CGModel",
     "Likelihood",
     "Categorical",
