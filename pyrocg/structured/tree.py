@@ -209,78 +209,78 @@ def _as_tree(tree: object) -> Tree:
 # -- the dynamic programme ------------------------------------------------------------------
 
 
-class _LogSumExp(torch.autograd.Function):
-    """``logsumexp`` whose gradient is 0, not NaN, on a slice that is all ``-inf``."""
+class _LogSumExpShifted(torch.autograd.Function):
+    """``logsumexp`` over the last dimension of scores whose row maximum is 0 (or rows that
+    are all ``-inf``): ``log Σ exp``, with no further shift, and a gradient that is 0, not
+    NaN, on an all ``-inf`` row."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, dim: int) -> torch.Tensor:
-        out = torch.logsumexp(x, dim)
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        out = x.exp().sum(-1).log()
         ctx.save_for_backward(x, out)
-        ctx.dim = dim
         return out
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         x, out = ctx.saved_tensors
-        weights = torch.nan_to_num((x - out.unsqueeze(ctx.dim)).exp(), nan=0.0)
-        return grad.unsqueeze(ctx.dim) * weights, None
+        return grad.unsqueeze(-1) * torch.nan_to_num((x - out.unsqueeze(-1)).exp(), nan=0.0)
 
 
-def _logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
+def _logsumexp_shifted(x: torch.Tensor) -> torch.Tensor:
     if torch.is_grad_enabled() and x.requires_grad:
-        return _LogSumExp.apply(x, dim)
-    return torch.logsumexp(x, dim)
-
-
-def _log_softmax(x: torch.Tensor) -> torch.Tensor:
-    """``log_softmax`` over the last dimension; a slice that is all ``-inf`` stays ``-inf``
-    (not NaN), with a zero gradient.
-
-    The maximum is subtracted first (without gradient: the result does not depend on it), so
-    the normaliser is computed on numbers of order one and float32 keeps full precision.
-    """
-    shifted = x - x.detach().amax(-1, keepdim=True).clamp_min(torch.finfo(x.dtype).min)
-    return shifted - _logsumexp(shifted, -1).clamp_min(torch.finfo(x.dtype).min).unsqueeze(-1)
-
-
-def _amax(x: torch.Tensor, dim: int) -> torch.Tensor:
-    return torch.amax(x, dim)
+        return _LogSumExpShifted.apply(x)
+    return x.exp().sum(-1).log()
 
 
 def _upward(
-    add: Callable[[torch.Tensor, int], torch.Tensor],
     unary: list[torch.Tensor],
     edges: list[torch.Tensor | None],
     parent_pos: list[torch.Tensor | None],
-) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor | None]]:
-    """One pass from the leaves to the root over the semiring with addition ``add``.
+    log: bool = True,
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor | None], list[torch.Tensor | None]]:
+    """One pass from the leaves to the root over the log semiring (``logsumexp``, ``+``) or,
+    with ``log=False``, the max semiring (``max``, ``+``).
 
     :param unary: per level ``d``, ``(B, n_d, C)`` unary potentials of its nodes.
     :param edges: per level ``d >= 1``, ``(B, n_d, C, C)`` or ``(n_d, C, C)`` potentials
         ``[parent label, own label]`` of the edges to the parents.
-    :returns: the semiring total ``(B,)`` (log Z or the best score); per level the
-        renormalised inside scores ``(B, n_d, C)``; per level ``d >= 1`` the scores
-        ``t[b, k, y_parent, y] = edge + inside`` ``(B, n_d, C, C)`` that the downward pass
-        turns into conditionals (log semiring) or choices (max semiring).
+    :returns: the total ``(B,)`` (log Z or the best score); per level the inside scores
+        ``(B, n_d, C)`` (unary plus the children's renormalised messages); per level
+        ``d >= 1`` the scores ``t[b, k, y_parent, y] = edge + inside`` less their row maximum
+        ``(B, n_d, C, C)``, and (log semiring) their row ``logsumexp`` ``(B, n_d, C)``, from
+        which the downward pass reads the conditionals ``p(y | y_parent)`` or the choices.
+
+    Every maximum is taken without gradient: the results do not depend on the shifts, which
+    only keep each ``logsumexp`` on numbers of order one (full float32 precision) and every
+    message at most ``log C`` (the maxima go into the total instead).
     """
     depth = len(unary)
     inside: list[torch.Tensor] = [None] * depth  # type: ignore[list-item]
     scores: list[torch.Tensor | None] = [None] * depth
+    rows: list[torch.Tensor | None] = [None] * depth
     inside[-1] = unary[-1]
     lowest = torch.finfo(unary[-1].dtype).min
     totals = []
     for d in range(depth - 1, 0, -1):
         t = edges[d] + inside[d].unsqueeze(-2)  # (B, n, C_parent, C)
-        message = add(t, -1)  # (B, n, C_parent)
-        norm = add(message, -1)  # (B, n): moved into the total, so messages stay O(1)
-        totals.append(norm.sum(-1))
-        # clamp: an impossible subtree (norm = -inf) sends -inf, not NaN
-        message = message - norm.clamp_min(lowest).unsqueeze(-1)
+        top = t.detach().amax(-1, keepdim=True)  # (B, n, C_parent, 1)
+        peak = top.amax(-2, keepdim=True)  # (B, n, 1, 1); -inf: an impossible subtree
+        totals.append(peak.flatten(-3).sum(-1))
+        # clamps: a parent label that the subtree forbids gets -inf, not NaN
+        top = top.clamp_min(lowest)
+        shifted = t - top
+        message = (top - peak.clamp_min(lowest)).squeeze(-1)  # (B, n, C_parent), <= 0
+        if log:
+            rows[d] = _logsumexp_shifted(shifted)  # in [0, log C], or -inf
+            message = message + rows[d]
         inside[d - 1] = unary[d - 1].index_add(1, parent_pos[d], message)
-        scores[d] = t
-    totals.append(add(inside[0], -1).squeeze(-1))
-    total = totals[0] if len(totals) == 1 else torch.stack(totals, -1).sum(-1)
-    return total, inside, scores
+        scores[d] = shifted
+    top = inside[0].detach().amax(-1, keepdim=True)  # (B, 1, 1)
+    totals.append(top.flatten(-2).squeeze(-1))
+    if log:
+        totals.append(_logsumexp_shifted(inside[0] - top.clamp_min(lowest)).squeeze(-1))
+    total = torch.stack(totals, -1).sum(-1)
+    return total, inside, scores, rows
 
 
 def _downward(
@@ -404,6 +404,9 @@ class TreeCRF(TorchDistribution):
         self._check_values = is_validation_enabled() if validate_args is None else validate_args
         if self._check_values:
             for name, t in (("unary", unary), ("edge_potentials", edge_potentials)):
+                total = float(t.detach().sum())  # finite or -inf: no NaN, no +inf (one pass)
+                if math.isfinite(total) or total == -math.inf:
+                    continue
                 bad = torch.isnan(t) | torch.isposinf(t)
                 if bool(bad.any()):
                     index = tuple(bad.nonzero()[0].tolist())
@@ -456,7 +459,7 @@ class TreeCRF(TorchDistribution):
         if not self._check_values:
             return
         total = total.detach()
-        if bool(torch.isfinite(total).all()):
+        if math.isfinite(float(total.sum())):
             return
         if bool(torch.isneginf(total).any()):
             which = torch.isneginf(total).reshape(self.batch_shape).nonzero().tolist()[:5]
@@ -471,11 +474,11 @@ class TreeCRF(TorchDistribution):
         )
 
     @lazy_property
-    def _log_pass(self) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor | None]]:
+    def _log_pass(self) -> tuple[torch.Tensor, list, list, list]:
         unary, edges = self._levels
-        log_z, inside, scores = _upward(_logsumexp, unary, edges, self._schedule.parent_pos)
-        self._check_possible(log_z)
-        return log_z, inside, scores
+        passes = _upward(unary, edges, self._schedule.parent_pos)
+        self._check_possible(passes[0])
+        return passes
 
     # -- inference ------------------------------------------------------------------------
 
@@ -489,7 +492,7 @@ class TreeCRF(TorchDistribution):
     def _down(self) -> tuple[list[torch.Tensor], list[torch.Tensor | None], torch.Tensor]:
         """Per level node marginals ``(B, n_d, C)``, edge marginals ``(B, n_d, C, C)`` and
         the entropy ``(B,)``, from the root's distribution and the conditionals."""
-        _, inside, scores = self._log_pass
+        _, inside, scores, rows = self._log_pass
         lowest = torch.finfo(inside[0].dtype).min
         log_root = inside[0].log_softmax(-1)  # (B, 1, C)
         nodes = [log_root.exp()]
@@ -498,8 +501,7 @@ class TreeCRF(TorchDistribution):
         entropy = [-(nodes[0] * log_root.clamp_min(lowest)).sum((-2, -1))]
         parent_pos = self._schedule.parent_pos
         for d in range(1, len(scores)):
-            t = scores[d]
-            log_cond = _log_softmax(t)  # log p(y | y_parent)
+            log_cond = scores[d] - rows[d].clamp_min(lowest).unsqueeze(-1)  # log p(y | y_parent)
             pair = nodes[d - 1].index_select(1, parent_pos[d]).unsqueeze(-1) * log_cond.exp()
             pairs.append(pair)
             nodes.append(pair.sum(-2))
@@ -534,7 +536,7 @@ class TreeCRF(TorchDistribution):
         """Most probable labelling (MAP, max-product) ``(batch, V)`` long."""
         unary, edges = self._levels
         with torch.no_grad():
-            best, inside, scores = _upward(_amax, unary, edges, self._schedule.parent_pos)
+            best, inside, scores, _ = _upward(unary, edges, self._schedule.parent_pos, log=False)
             self._check_possible(best)
             labels = _downward(inside[0], scores, self._schedule.parent_pos, lambda x: x.argmax(-1), 0)
         return self._unflatten(self._gather_nodes(labels), self.event_shape)
@@ -552,7 +554,7 @@ class TreeCRF(TorchDistribution):
         sample_shape = torch.Size(sample_shape)
         num = max(1, sample_shape.numel())
         with torch.no_grad():
-            _, inside, scores = self._log_pass
+            _, inside, scores, _ = self._log_pass
             inside0 = inside[0].detach()
             scores = [None if t is None else t.detach() for t in scores]
             labels = _downward(inside0, scores, self._schedule.parent_pos, _gumbel_pick(num), 1)
