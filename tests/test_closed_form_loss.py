@@ -83,3 +83,29 @@ def test_pyrosample_priors_on_the_net_take_pyros_path():
         pyro.set_rng_seed(1)
         b = cg.pyro_loss(x, y)
     assert torch.equal(a, b)
+
+
+def test_closed_form_loss_states_the_net_parameters_in_the_param_store():
+    """The direct path skips PyroModule's per-step pyro.param statement of plain parameters
+    only after the module has made it once: the param store holds the network's parameters
+    (the same tensors) exactly as after Pyro's path, and a parameter replaced by a
+    PyroSample prior afterwards still becomes a sample site."""
+    cg = _model(modes.Dropout(), "gaussian", True)
+    x, y = torch.randn(16, 7, dtype=torch.float64), torch.randn(16, dtype=torch.float64)
+    for _ in range(3):
+        cg.loss(x, y)
+    stored = dict(pyro.get_param_store().named_parameters())
+    for name, p in cg.net.named_parameters():
+        assert stored[name] is p
+    from pyro.nn import PyroSample
+
+    cg.net.hidden1.weight = PyroSample(
+        pyro.distributions.Normal(0.0, 1.0).expand([12, 7]).to_event(2))
+    # the MAP prior's parameter list follows the change
+    rest = [p.detach() for n, p in cg.net.named_parameters()
+            if n.endswith("weight") and n != "hidden1.weight"]
+    want = -sum(float(p.pow(2).sum()) for p in rest) / (2 * 0.5**2)
+    assert float(cg.prior.log_prob(cg.net).detach()) == pytest.approx(want, rel=1e-12)
+    with poutine.trace() as tr, __import__("pyrocg").handlers.feedforward():
+        cg.net(x)
+    assert tr.trace.nodes["hidden1.weight"]["type"] == "sample"

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import CGLayer, broadcast_apply, check_input, linear, make_norm
+from .base import CGLayer, broadcast_apply, check_input, linear, make_norm, parameter
 from .reparam import gaussian_weights_of, sample_energy
 
 __all__ = ["Dense"]
@@ -70,7 +70,8 @@ class Dense(CGLayer):
             if self.norm is not None:
                 e = self.norm(e.reshape(-1, self.out_features)).reshape(e.shape)
             return e
-        weight, bias = self.weight, self.bias  # PyroSample priors draw them here, once
+        # PyroSample priors draw them here, once
+        weight, bias = parameter(self, "weight"), parameter(self, "bias")
         if self.norm is not None:  # batch statistics see every row, copies included
             e = linear(x, weight, bias)
             return self.norm(e.reshape(-1, self.out_features)).reshape(e.shape)

@@ -129,8 +129,12 @@ class GaussianPrior:
 
     def log_prob(self, net: nn.Module) -> torch.Tensor:
         """``log p(w)`` up to an additive constant: ``-||w||^2 / (2 scale^2)``."""
+        owners = self._owners(net)
+        if any(n not in m._parameters for m, n in owners):  # one became a PyroSample: relist
+            self.__dict__.pop("_owners_cache")
+            owners = self._owners(net)
         sq = None
-        for m, n in self._owners(net):
+        for m, n in owners:
             p = m._parameters[n].reshape(-1)
             sq = torch.dot(p, p) if sq is None else sq.add(torch.dot(p, p))
         return 0.0 if sq is None else sq.mul(-0.5 / self.scale**2)
