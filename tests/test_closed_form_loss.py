@@ -100,7 +100,8 @@ def test_closed_form_loss_states_the_net_parameters_in_the_param_store():
     from pyro.nn import PyroSample
 
     cg.net.hidden1.weight = PyroSample(
-        pyro.distributions.Normal(0.0, 1.0).expand([12, 7]).to_event(2))
+        pyro.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0)
+        .expand([12, 7]).to_event(2))
     # the MAP prior's parameter list follows the change
     rest = [p.detach() for n, p in cg.net.named_parameters()
             if n.endswith("weight") and n != "hidden1.weight"]
