@@ -10,9 +10,9 @@ together::
 
     log p(y | x) >= E_q[ log p(y | h_L) + sum_l log p(h_l | h_{l-1}) - log q(h | x, y) ].
 
-Discrete nodes are trained by the score function (``TraceGraph_ELBO``, with a decaying-average
-baseline per site) or by a straight-through relaxation; rectified and Gaussian nodes are
-reparametrised. Prediction samples the nodes ancestrally (``T`` passes averaged) and
+Discrete nodes are trained by the score function (``TraceGraph_ELBO``, with a learned
+input-dependent baseline per site, as NVIL) or by a straight-through relaxation; rectified
+and Gaussian nodes are reparametrised. Prediction samples the nodes ancestrally (``T`` passes averaged) and
 :func:`marginal_log_likelihood` estimates ``log p(y | x)`` by importance sampling with the
 guide as proposal (or the prior, for a network trained any other way), with its standard
 error.
@@ -125,6 +125,15 @@ class AmortisedVI(Mode):
         return _NeedsLikelihood()
 
 
+class _Baseline(nn.Linear):
+    """A per-datum baseline ``b(x, y)`` of a score-function site (Mnih & Gregor's NVIL):
+    a linear map of the guide's input features to one number per datum, trained by
+    ``TraceGraph_ELBO``'s baseline loss."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return super().forward(features).squeeze(-1)
+
+
 class InferenceNetwork(PyroModule):
     """The guide ``q(h | x, y) = prod_l q(h_l | h_{l-1}, y)``: one site per node layer of
     ``net``, named like it and of its node family, with energy
@@ -166,6 +175,14 @@ class InferenceNetwork(PyroModule):
                     lin.weight[:, : layer.in_features].copy_(layer.weight)
                     lin.bias.copy_(layer.bias if layer.bias is not None else 0.0)
             self.maps.append(lin)
+        # one input-dependent baseline per site for the score function (zero at the start)
+        self.baselines = nn.ModuleList()
+        if estimator == "score":
+            for _ in layers:
+                base = _Baseline(layers[0].in_features + self.label_features, 1)
+                nn.init.zeros_(base.weight)
+                nn.init.zeros_(base.bias)
+                self.baselines.append(base)
 
     def encode(self, y: torch.Tensor) -> torch.Tensor:
         """The label features ``(batch, label_features)`` the guide conditions on."""
@@ -192,14 +209,15 @@ class InferenceNetwork(PyroModule):
             raise ValueError(f"x must be (batch, features) and y (batch, ...) with the same "
                              f"batch, got {tuple(x.shape)} and {tuple(y.shape)}")
         label = self.encode(y)
+        features = torch.cat([x, label], -1)
         h = x
         with lik.plate(x):
             for i, (name, lin) in enumerate(zip(self.sites, self.maps, strict=True)):
                 node = self.node(i, lin(torch.cat([h, label], -1)))
                 infer = {}
-                if not node.has_rsample:
-                    infer["baseline"] = {"use_decaying_avg_baseline": True,
-                                         "baseline_beta": 0.9}
+                if not node.has_rsample and self.baselines:
+                    infer["baseline"] = {"nn_baseline": self.baselines[i],
+                                         "nn_baseline_input": features.detach()}
                 h = pyro.sample(name, site_distribution(node, 1, name), infer=infer)
 
 
