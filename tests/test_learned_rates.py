@@ -294,3 +294,18 @@ def infer_data(device):
     x, y = x.to(device), y.to(device)
     return DataSplits(Split(x[:100], y[:100]), Split(x[100:130], y[100:130]),
                       Split(x[130:], y[130:]), "classification", "toy", (8,), num_classes=2)
+
+
+def test_cli_trains_learned_rates_and_reports_them(tmp_path, capsys):
+    import json
+
+    from pyrocg.cli import main
+
+    out, ck = tmp_path / "run.json", tmp_path / "run.pt"
+    assert main(["train", "--mode", "dropout-learned", "--p", "0.25", "--epochs", "1",
+                 "--quiet", "--samples", "3", "--json", str(out), "--checkpoint", str(ck)]) == 0
+    rates = json.loads(out.read_text())["test"]["rates"]
+    assert set(rates) == {"drop1", "drop2"} and all(0 < r < 1 for r in rates.values())
+    assert "learned rates:" in capsys.readouterr().out
+    # The checkpoint holds the rates and evaluates.
+    assert main(["evaluate", "--checkpoint", str(ck), "--samples", "3"]) == 0

@@ -37,6 +37,7 @@ from .checks import (
 )
 
 __all__ = ["build_mode", "build_model", "cmd_train", "cmd_evaluate", "load_checkpoint_model",
+           "describe_rates",
            "note", "write_json"]
 
 
@@ -53,6 +54,12 @@ def mode_for(name: str, local_reparam: bool = False, **defaults: Any) -> modes.M
     if local_reparam:
         params["local_reparam"] = True
     return modes.get_mode(name, **params)
+
+
+def describe_rates(model: infer.CGModel) -> dict[str, float | list[float]]:
+    """The learned rates of a model in a learned mode, per site, as plain numbers (a list for
+    per-unit rates): PCFF sampling rates, dropout probabilities, Gaussian-dropout variances."""
+    return {k: v.tolist() for k, v in modes.learned_rates(model).items()}
 
 
 def build_mode(spec: dict) -> modes.Mode:
@@ -230,6 +237,9 @@ def cmd_train(args) -> int:
     result["seconds"] = seconds
     print(f"{spec['mode']} {spec['model']} on {data.name}: test " +
           ", ".join(f"{k}={v:.4f}" for k, v in result.items()))
+    if isinstance(model.guide, modes.LearnedRates):
+        result["rates"] = describe_rates(model)
+        print(f"learned rates: {result['rates']}")
     write_json(out, {"dataset": data.name, "spec": spec, "history": history, "test": result})
     return 0
 

@@ -19,7 +19,7 @@ from .checks import (
     check_samples,
     check_seed,
 )
-from .commands import build_model, mode_for, write_json
+from .commands import build_model, describe_rates, mode_for, write_json
 from .diagnose import check_diagnostic_outputs, inference_data, write_arviz, write_plots
 
 __all__ = ["cmd_demo", "cmd_demo_crf", "CRF_TASKS"]
@@ -44,12 +44,16 @@ def _common(args) -> tuple[torch.device, int]:
     return device, seed
 
 
-def _demo_modes() -> list[tuple[modes.Mode, float]]:
+def _demo_modes(learned: bool = False) -> list[tuple[modes.Mode, float]]:
     """The demo's modes and Adam learning rates (the configuration of
-    benchmarks/accuracy.py, see benchmarks/RESULTS.md)."""
+    benchmarks/accuracy.py, see benchmarks/RESULTS.md); ``learned`` adds the modes that learn
+    their rates (PCFF from 0.3, dropout from the network's p = 0.3)."""
     bayes = modes.BayesianWeights(prior=infer.GaussianPrior(1.0, biases=True))
-    return [(modes.FeedForward(), 1e-3), (modes.PCFF(0.3), 1e-3), (modes.Dropout(), 1e-3),
-            (modes.MCDropout(), 1e-3), (bayes, 1e-2)]
+    chosen = [(modes.FeedForward(), 1e-3), (modes.PCFF(0.3), 1e-3), (modes.Dropout(), 1e-3),
+              (modes.MCDropout(), 1e-3), (bayes, 1e-2)]
+    if learned:
+        chosen += [(modes.LearnedPCFF(init=0.3), 1e-3), (modes.LearnedDropout(), 1e-3)]
+    return chosen
 
 
 def cmd_demo(args) -> int:
@@ -61,7 +65,7 @@ def cmd_demo(args) -> int:
     data = load_dataset("digits", device=device, seed=seed)
     print(data)
     rows, results, predictions, idata = [], {}, {}, {}
-    for mode, lr in _demo_modes():
+    for mode, lr in _demo_modes(getattr(args, "learned", False)):
         name = mode.name
         spec = {"dataset": "digits", "model": "mlp", "hidden": [512, 512], "seed": seed,
                 "p": 0.3}
@@ -83,6 +87,9 @@ def cmd_demo(args) -> int:
         predictions[name] = infer.predict(model, data.test.x, data.test.y, args.samples)
         print(f"  {name:12s} accuracy={res['accuracy']:.4f} nll={res['nll']:.4f} "
               f"ece={res['ece']:.4f} ({seconds:.1f}s)")
+        if isinstance(model.guide, modes.LearnedRates):
+            results[name]["rates"] = describe_rates(model)
+            print(f"  {'':12s} learned rates: {results[name]['rates']}")
         if isinstance(mode, modes.MCDropout) and (args.arviz or args.plots):
             idata[name] = inference_data(model, data, args.samples)
     print()

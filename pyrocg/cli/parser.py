@@ -57,6 +57,9 @@ def make_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="train an mlp on digits in every mode, compare")
     _add_common(d)
     d.add_argument("--epochs", type=int, default=40)
+    d.add_argument("--learned", action="store_true",
+                   help="add the modes that learn their rates (pcff-learned, dropout-learned) "
+                   "and report the learned rates")
     d.add_argument("--plots", default=None,
                    help="write the diagnostic figures of every mode into this directory")
     d.add_argument("--arviz", default=None, metavar="PATH.nc",
