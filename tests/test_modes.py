@@ -73,7 +73,7 @@ def test_mode_attributes_are_the_modes_semantics():
 @pytest.mark.parametrize("make, exc, match", [
     (lambda: modes.get_mode("gibbs"), ValueError,
      r"unknown mode 'gibbs'; expected one of \('feedforward', 'pcff', 'dropout', 'mc-dropout', "
-     r"'bayes', 'pcff-sampling'\)"),
+     r"'bayes', 'pcff-sampling', 'pcff-learned', 'dropout-learned'\)"),
     (lambda: modes.get_mode("pcff", rate=1.5), ValueError, r"rate must be a number in \[0, 1\]"),
     (lambda: modes.PCFF({"hidden*": -0.1}), ValueError, r"rate\['hidden\*'\]"),
     (lambda: modes.PCFF(True), ValueError, "rate must be a number"),
