@@ -1,14 +1,18 @@
 """Structured prediction: exact chain CRFs over semirings and unrolled mean-field CRFs.
 
-* :mod:`~pyrocg.structured.semirings`: :class:`LogSemiring`, :class:`MaxSemiring`.
-* :mod:`~pyrocg.structured.chain`: the one generic chain dynamic programme (sequential or
-  parallel scan), Viterbi and forward-filtering backward-sampling.
-* :class:`LinearChainCRF`: a Pyro distribution over tag sequences.
+* :mod:`~pyrocg.structured.semirings`: :class:`LogSemiring`, :class:`MaxSemiring`,
+  :func:`KMaxSemiring`.
+* :mod:`~pyrocg.structured.chain`: the one chain dynamic programme over semirings
+  (:class:`Chain`; fused forward-backward, log-space or parallel-scan backends), and the
+  quantities derived from it (marginals, entropy, KL, Viterbi, k-best, max-marginals, samples).
+* :class:`LinearChainCRF`: a Pyro distribution over tag sequences (constraints, partial
+  labels, k-best, KL); :class:`CRFDecoder`: its Viterbi decoder as an exportable module.
 * :class:`GridMeanFieldCRF`, :class:`MultiLabelMeanFieldCRF`: unrolled mean-field CRFs.
 """
 
-from pyrocg.structured import chain, meanfield, semirings
-from pyrocg.structured.crf import LinearChainCRF
+from pyrocg.structured import chain, meanfield, semirings, tree
+from pyrocg.structured.chain import Chain
+from pyrocg.structured.crf import MISSING, CRFDecoder, LinearChainCRF
 from pyrocg.structured.hmm import ChainHMM, NeuralHMM
 from pyrocg.structured.meanfield import (
     GridMeanFieldCRF,
@@ -16,9 +20,28 @@ from pyrocg.structured.meanfield import (
     grid_mean_field,
     multilabel_mean_field,
 )
-from pyrocg.structured.semirings import LogSemiring, MaxSemiring, Semiring
+from pyrocg.structured.semirings import KMaxSemiring, LogSemiring, MaxSemiring, Semiring
+from pyrocg.structured.tree import (
+    MultiLabelTreeCRF,
+    Tree,
+    TreeCRF,
+    TreeCRFLikelihood,
+    chow_liu_tree,
+    mutual_information,
+)
 
 __all__ = [
+    "MISSING",
+    "CRFDecoder",
+    "Chain",
+    "KMaxSemiring",
+    "MultiLabelTreeCRF",
+    "Tree",
+    "TreeCRF",
+    "TreeCRFLikelihood",
+    "chow_liu_tree",
+    "mutual_information",
+    "tree",
     "ChainHMM",
     "NeuralHMM",
     "GridMeanFieldCRF",

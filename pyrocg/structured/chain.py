@@ -1,26 +1,33 @@
-"""One generic dynamic programme for linear chains, parametrised by a semiring.
+"""One dynamic programme for linear chains over semirings, and the quantities derived from it.
 
-A chain of ``N`` nodes with ``C`` states is given by
+A chain (:class:`Chain`) of ``N`` nodes with ``C`` states is given by
 
-* ``edges`` ``(batch, N-1, C, C)``: log potential of the transition from state ``i`` at node
-  ``n`` to state ``j`` at node ``n+1`` in ``edges[:, n, i, j]`` (unary potentials of node
-  ``n+1`` folded in);
-* ``init`` ``(batch, C)`` (optional): log potential of the state of node 0 (its unary, plus a
-  start potential); left out it is the semiring one, so the first node is free;
+* ``nodes`` ``(batch, N, C)``: log potentials of the nodes' states (start/end folded in);
+* ``transitions`` ``(C, C)`` shared, or per-position ``(batch, N-1, C, C)``: log potential of
+  ``y_n = i, y_{n+1} = j`` in ``transitions[..., n, i, j]``;
 * ``lengths`` ``(batch,)`` (optional): the number of nodes of each chain, ``1 <= lengths <= N``.
-  Edges past the end are replaced by the semiring identity matrix, so padding never leaks into
-  any result and its gradient is exactly zero.
+  Positions past a chain's end never enter any result and get exactly zero gradient; they may
+  hold anything, NaN included.
 
-The quantity ``⊕_{y} init[y_0] ⊗ ⊗_n edges[n, y_n, y_{n+1}]`` is computed either
+``-inf`` potentials forbid a state or transition (e.g. allowed-transition constraints). The one
+programme is the semiring forward recursion ``alpha_{n+1} = (alpha_n ⊗ T_n) ⊗ u_{n+1}``; its
+total ``⊕_y ⊗ potentials`` is computed by one of three backends, chosen in one place
+(:func:`choose_method`):
 
-* sequentially (forward algorithm): ``N-1`` steps of a ``(batch, C) × (C, C)`` semiring
-  vector-matrix product, O(N C²) work, O(N) depth; or
-* by a parallel associative scan (tree reduction) of semiring ``C × C`` matrix products,
-  O(N C³) work but O(log N) depth, the better choice on a GPU for long chains.
+* ``"fused"`` (log semiring, the optimised backend): forward–backward in probability space,
+  messages renormalised as often as the potentials' spread requires, one ``(C, C)`` product per
+  step, the marginals (the gradient) a hand-written backward pass; used whenever the
+  potentials' spread allows it (at most 60 nats per step in float32, 600 in float64);
+* ``"sequential"``: the recursion in log space with every message renormalised by its
+  (detached) maximum, autograd through the loop (twice differentiable), O(N C²);
+* ``"scan"``: a parallel associative scan (tree of semiring ``C × C`` products, every product
+  renormalised), O(N C³) work and O(log N) depth, for long chains on a GPU.
 
-:func:`log_partition` picks one with :func:`choose_method`. Gradients of the log semiring
-result are marginals (:func:`marginals`); :func:`viterbi` and :func:`sample` give the mode and
-exact samples (forward filtering, backward sampling).
+Renormalising keeps every message within a few nats of 0, so float32 results are exact to
+rounding at any length and scale. Derived quantities: marginals (the gradient of log Z),
+entropy, KL divergence and cross-entropy (from local conditionals, never a difference of two
+large numbers), Viterbi and k-best paths (max / k-max semirings with back-pointers),
+max-marginals, exact samples.
 
 >>> import torch
 >>> edges = torch.zeros(1, 2, 2, 2)  # 3 binary nodes, all potentials zero: Z = 2**3
@@ -35,197 +42,109 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
-from pyrocg.structured.semirings import LogSemiring, Semiring
+from pyrocg.structured.semirings import KMaxSemiring, LogSemiring, MaxSemiring, Semiring, log_zero
 
 __all__ = [
+    "Chain",
     "choose_method",
     "crf_log_partition",
     "crf_viterbi",
-    "edge_mask",
     "entropy",
-    "forward_messages",
     "log_partition",
     "marginals",
-    "mask_edges",
     "sample",
+    "topk",
     "viterbi",
 ]
 
-# Measured with benchmarks/crf.py on a 2-core CPU: the Python loop costs ~10 µs per step, the
-# scan does C times more arithmetic; the scan only wins on CPU for long chains with few
-# states. On a GPU every kernel launch costs about as much as a small step, so the O(log N)
-# depth of the scan wins as soon as the chain is moderately long.
-_CPU_SCAN_MIN_STEPS = 512
-_CPU_SCAN_MAX_STATES = 8
-_CPU_SCAN_MAX_WORK = 2**24  # batch * steps * C**3 elements materialised by the first level
+# On a GPU every kernel launch costs about as much as a small step, so the O(log N) depth of
+# the scan wins as soon as the chain is moderately long. On a CPU the fused backend is as fast
+# as the scan even for long chains with few states (benchmarks/crf.py), so it is never chosen.
 _GPU_SCAN_MIN_STEPS = 32
-# crf_viterbi: backpointers + pointer doubling beyond this length for few states (measured)
+_GPU_SCAN_MAX_WORK = 2**28  # batch * steps * C**3 elements materialised by the first level
+# Largest spread (max − min over finite entries) of one step's potentials for which the fused
+# pass runs in probability space: every kernel entry is then >= exp(-spread) relative to its
+# maximum, so nothing that matters underflows (float32 normals reach exp(-87)).
+_EXP_SPREAD = {torch.float64: 600.0, torch.float32: 60.0}
+# Growth budget (in nats) of un-normalised messages between two renormalisations.
+_EXP_BUDGET = {torch.float64: 300.0, torch.float32: 30.0}
+# Viterbi: back-pointers + pointer doubling beyond this length for few states (measured)
 _VITERBI_DOUBLING_MIN_LENGTH = 256
 _VITERBI_DOUBLING_MAX_STATES = 12
-_GPU_SCAN_MAX_WORK = 2**28
+_METHODS = ("auto", "fused", "sequential", "scan")
 
 
-def choose_method(batch: int, steps: int, num_states: int, device: torch.device) -> str:
-    """Return ``"scan"`` or ``"sequential"`` for a chain with ``steps = N - 1`` edges."""
-    work = batch * steps * num_states**3
-    if device.type == "cpu":
-        use_scan = (
-            steps >= _CPU_SCAN_MIN_STEPS and num_states <= _CPU_SCAN_MAX_STATES and work <= _CPU_SCAN_MAX_WORK
-        )
-    else:
-        use_scan = steps >= _GPU_SCAN_MIN_STEPS and work <= _GPU_SCAN_MAX_WORK
-    return "scan" if use_scan else "sequential"
+def choose_method(
+    semiring: type[Semiring],
+    batch: int,
+    steps: int,
+    num_states: int,
+    device: torch.device,
+    *,
+    fused_ok: bool = True,
+    create_graph: bool = False,
+) -> str:
+    """The one place that picks a backend for ``"auto"``.
 
-
-def edge_mask(lengths: torch.Tensor | None, steps: int, device: torch.device) -> torch.Tensor:
-    """``(batch, steps)`` bool: edge ``n`` lies inside the chain (``n + 1 < lengths``)."""
-    if lengths is None:
-        return torch.ones(1, steps, dtype=torch.bool, device=device)
-    return torch.arange(steps, device=device) < (lengths.to(device).unsqueeze(-1) - 1)
-
-
-def mask_edges(
-    edges: torch.Tensor, lengths: torch.Tensor | None, semiring: type[Semiring] = LogSemiring
-) -> torch.Tensor:
-    """Replace edges past each chain's end by the semiring identity matrix.
-
-    :param edges: ``(batch, N-1, C, C)``.
-    :param lengths: ``(batch,)`` number of nodes, or ``None`` for full chains.
+    :param semiring: the semiring of the programme (``"fused"`` exists for the log semiring).
+    :param steps: ``N - 1``, the number of transitions.
+    :param fused_ok: the potentials' spread allows probability space.
+    :param create_graph: the result must be twice differentiable (the fused pass is not).
+    :returns: ``"fused"``, ``"sequential"`` or ``"scan"``.
     """
-    if lengths is None:
-        return edges
-    valid = edge_mask(lengths, edges.shape[1], edges.device)
-    one = semiring.one_matrix(edges.shape[-1], edges.dtype, edges.device)
-    return torch.where(valid[:, :, None, None], edges, one)
+    if device.type != "cpu" and steps >= _GPU_SCAN_MIN_STEPS:
+        if batch * steps * num_states**3 <= _GPU_SCAN_MAX_WORK:
+            return "scan"
+    if semiring is LogSemiring and fused_ok and not create_graph:
+        return "fused"
+    return "sequential"
 
 
-def _init_or_one(init: torch.Tensor | None, edges: torch.Tensor) -> torch.Tensor:
-    if init is not None:
-        return init
-    return edges.new_zeros(edges.shape[0], edges.shape[-1])
+def _spread(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """``max − min`` over ``dims`` ignoring forbidden (``<= log_zero / 2``) entries; NaN stays,
+    and all entries forbidden is ``inf`` (probability space would divide 0 by 0)."""
+    hi = x.amax(dims)
+    low = torch.where(x > log_zero(x.dtype) / 2, x, x.new_tensor(math.inf)).amin(dims)
+    return torch.where(low == math.inf, math.inf, hi - low)
 
 
-def _sequential(edges: torch.Tensor, init: torch.Tensor, semiring: type[Semiring]) -> torch.Tensor:
-    alpha = init
-    # unbind (not edges[:, n]) so that autograd stacks the step gradients once instead of
-    # scattering each into a zero tensor of the full size (O(N²) memory traffic).
-    for step in edges.unbind(1):
-        alpha = semiring.sum(alpha.unsqueeze(-1) + step, dim=-2)
-    return semiring.sum(alpha, dim=-1)
+def _max(x: torch.Tensor, dims: tuple[int, ...] | int) -> torch.Tensor:
+    """Detached renormaliser: the maximum over ``dims`` (kept), 0 where it is not finite."""
+    m = x.detach().amax(dims, keepdim=True)
+    return torch.where(torch.isfinite(m), m, 0)
 
 
-def _scan(edges: torch.Tensor, init: torch.Tensor, semiring: type[Semiring]) -> torch.Tensor:
-    chain = edges
-    while chain.shape[1] > 1:
-        odd = chain.shape[1] % 2
-        paired = semiring.matmul(chain[:, 0 : chain.shape[1] - odd : 2], chain[:, 1::2])
-        chain = torch.cat([paired, chain[:, chain.shape[1] - 1 :]], dim=1) if odd else paired
-    if chain.shape[1] == 0:
-        return semiring.sum(init, dim=-1)
-    total = semiring.sum(init.unsqueeze(-1) + chain[:, 0], dim=-2)
-    return semiring.sum(total, dim=-1)
+class _Fused(torch.autograd.Function):
+    """Log partition of a :class:`Chain` by forward–backward in probability space.
 
-
-# Largest spread (max − min) of one edge matrix, or of ``init``, for which the fused forward
-# pass runs in probability space: every message entry then stays >= exp(-spread) relative to
-# its maximum, so nothing that matters underflows (float32 normals reach exp(-87)).
-_EXP_SPREAD = {torch.float64: 600.0, torch.float32: 60.0}
-
-
-def _spread_ok(init: torch.Tensor, edges: torch.Tensor, valid: torch.Tensor) -> bool:
-    limit = _EXP_SPREAD.get(edges.dtype)
-    if limit is None:
-        return False
-    spread = (edges.amax((-2, -1)) - edges.amin((-2, -1))).masked_fill(~valid, 0)
-    init_spread = init.amax(-1) - init.amin(-1)
-    # written so that nan or inf fail the test (and take the log-space path)
-    return bool(((spread <= limit).all() & (init_spread <= limit).all()).item())
-
-
-class _ForwardBackward(torch.autograd.Function):
-    """Log partition with a hand-written forward-backward pass in probability space.
-
-    Valid only when :func:`_spread_ok`. Messages are propagated with per-step normalisation,
-    each step a batched vector-matrix product (no ``logsumexp``, no ``exp`` in the loop); the
-    edge marginals (the gradient) are then one vectorised, locally normalised product
-    ``p_n[i] K_n[i, j] q_{n+1}[j]``, accurate however large log Z is.
-    Not twice differentiable: :func:`marginals` uses the autograd loop when a graph is needed.
+    ``p_{n+1} = (p_n @ exp(T_n)) ⊙ exp(u_{n+1})``, renormalised every ``every`` steps; each
+    chain is read at its own last node. The backward pass runs on sequences right-aligned so
+    that no step needs masking, reuses the forward normalisers (Rabiner scaling), and gives
+    node marginals and (summed or per-position) edge marginals as vectorised products.
+    Not twice differentiable.
     """
 
     @staticmethod
-    def forward(ctx, init: torch.Tensor, edges: torch.Tensor, valid: torch.Tensor):
-        c = edges.shape[-1]
-        # padded steps become the identity (kernel I, scale 0), so no per-step masking
-        emax = edges.amax((-2, -1)).masked_fill(~valid, 0)
-        eye = torch.eye(c, dtype=edges.dtype, device=edges.device)
-        kernel = torch.where(valid[..., None, None], (edges - emax[..., None, None]).exp(), eye)
-        imax = init.amax(-1, keepdim=True)
-        p = (init - imax).exp()
-        probs, norms = [p], []
-        for k in kernel.unbind(1):
-            p = torch.bmm(p.unsqueeze(1), k).squeeze(1)
-            norm = p.sum(-1, keepdim=True)
-            p = p / norm
-            probs.append(p)
-            norms.append(norm)
-        probs = torch.stack(probs, 1)
-        norms = torch.cat(norms, -1) if norms else emax
-        ctx.save_for_backward(probs, kernel, norms, valid)
-        log_z = imax.squeeze(-1) + (norms.log() + emax).sum(-1) + p.sum(-1).log()
-        return log_z
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        probs, kernel, norms, valid = ctx.saved_tensors
-        # Rabiner scaling: dividing by the forward normalisers keeps sum_i p_n[i] q_n[i] = 1,
-        # so the backward messages stay in range without a data-dependent rescale.
-        inv_norms = norms.reciprocal().unsqueeze(-1).unbind(1)
-        beta = torch.ones_like(probs[:, 0])
-        betas = [beta]
-        for n in range(kernel.shape[1] - 1, -1, -1):
-            beta = torch.bmm(kernel[:, n], beta.unsqueeze(-1)).squeeze(-1) * inv_norms[n]
-            betas.append(beta)
-        betas.reverse()
-        betas = torch.stack(betas, 1)
-        joint = probs[:, :-1, :, None] * kernel * betas[:, 1:, None, :]
-        scale = (grad[:, None] / joint.sum((-2, -1))).masked_fill(~valid, 0)
-        node0 = probs[:, 0] * betas[:, 0]
-        init_grad = node0 * (grad[:, None] / node0.sum(-1, keepdim=True))
-        return init_grad, joint * scale[..., None, None], None
-
-
-# Growth budget (in nats) of un-normalised messages between two normalisations.
-_EXP_BUDGET = {torch.float64: 300.0, torch.float32: 30.0}
-
-
-class _FactoredForwardBackward(torch.autograd.Function):
-    """:class:`_ForwardBackward` for edges that factor as ``transitions[i, j] + unary[n+1, j]``.
-
-    Then ``K_n = exp(T) ⊙ exp(u_{n+1})[None, :]``: the loops need one ``(batch, C) @ (C, C)``
-    product per step and no ``(batch, N, C, C)`` tensor is ever built; the transition gradient
-    is a single ``(C, batch·N) @ (batch·N, C)`` product. Messages are renormalised only every
-    ``every`` steps, as often as the spread of the potentials requires; backward messages use
-    the same normalisers (Rabiner scaling) on sequences right-aligned so that the loop needs
-    no masking.
-    """
-
-    @staticmethod
-    def forward(ctx, unary, transitions, lengths, every: int):
-        batch, n, c = unary.shape
-        node_valid = torch.arange(n, device=unary.device) < lengths[:, None]
-        umax = unary.amax(-1, keepdim=True)
-        # sanitise padding (may hold -inf/nan); it is never read by the results
-        eu = torch.where(node_valid[..., None], (unary - umax).exp(), 1.0)
-        tmax = transitions.amax()
-        et = (transitions - tmax).exp()
+    def forward(ctx, nodes, trans, lengths, every: int):
+        batch, n, c = nodes.shape
+        per_position = trans.dim() == 4
+        umax = nodes.amax(-1, keepdim=True)
+        eu = (nodes - umax).exp()
+        if per_position:
+            tmax = trans.amax((-2, -1))  # (B, N-1)
+            et = (trans - tmax[..., None, None]).exp()
+        else:
+            tmax = trans.amax().expand(batch, n - 1)
+            et = (trans - trans.amax()).exp()
         p = eu[:, 0]
         probs, norms = [p], []
-        one = torch.ones(batch, 1, dtype=unary.dtype, device=unary.device)
-        for step, u in enumerate(eu[:, 1:].unbind(1), 1):
-            p = (p @ et) * u
+        one = torch.ones(batch, 1, dtype=nodes.dtype, device=nodes.device)
+        for step in range(1, n):
+            k = et[:, step - 1] if per_position else et
+            p = (torch.bmm(p.unsqueeze(1), k).squeeze(1) if per_position else p @ k) * eu[:, step]
             if step % every == 0 or step == n - 1:
-                norm = p.sum(-1, keepdim=True)
+                # an impossible chain (every state forbidden) stays 0 and gets log Z = -inf
+                norm = p.sum(-1, keepdim=True).clamp_min_(torch.finfo(p.dtype).tiny)
                 p = p / norm
             else:
                 norm = one
@@ -247,21 +166,38 @@ class _FactoredForwardBackward(torch.autograd.Function):
     def backward(ctx, grad):
         probs, eu, et, norms, lengths = ctx.saved_tensors
         batch, n, c = probs.shape
+        per_position = et.dim() == 4
         pos = torch.arange(n, device=probs.device)
         node_valid = pos < lengths[:, None]
         shift = (n - lengths)[:, None]
         ragged = bool((shift > 0).any().item())
-        # q_{L-1} = 1, q_m = (eu_{m+1} / c_{m+1} ⊙ q_{m+1}) @ exp(T)^T
+        # q_{L-1} = 1, q_m = exp(T_m) @ (eu_{m+1} / c_{m+1} ⊙ q_{m+1})
         scaled = eu[:, 1:] / norms.unsqueeze(-1)
+        et_r = et
         if ragged:  # right-align every sequence: its last node sits at n - 1
-            index = (pos[1:] - shift).clamp_min(0)[..., None].expand(batch, n - 1, c)
-            scaled = torch.where(index > 0, scaled.gather(1, (index - 1).clamp_min(0)), 1.0)
-        et_t = et.T.contiguous()
+            index = (pos[1:] - shift).clamp_min(0)
+            src = (index - 1).clamp_min(0)
+            scaled = torch.where(
+                (index > 0)[..., None], scaled.gather(1, src[..., None].expand(-1, -1, c)), 1.0
+            )
+            if per_position:
+                eye = torch.eye(c, dtype=et.dtype, device=et.device)
+                et_r = torch.where(
+                    (index > 0)[..., None, None],
+                    et.gather(1, src[..., None, None].expand(-1, -1, c, c)),
+                    eye,
+                )
         beta = torch.ones(batch, c, dtype=probs.dtype, device=probs.device)
         betas = [beta]
-        for u in reversed(scaled.unbind(1)):
-            beta = (u * beta) @ et_t
-            betas.append(beta)
+        if per_position:
+            for m in range(n - 2, -1, -1):
+                beta = torch.bmm(et_r[:, m], (scaled[:, m] * beta).unsqueeze(-1)).squeeze(-1)
+                betas.append(beta)
+        else:
+            et_t = et.T.contiguous()
+            for u in reversed(scaled.unbind(1)):
+                beta = (u * beta) @ et_t
+                betas.append(beta)
         betas.reverse()
         betas = torch.stack(betas, 1)
         if ragged:  # back to left-aligned
@@ -270,56 +206,472 @@ class _FactoredForwardBackward(torch.autograd.Function):
         zero = torch.zeros((), dtype=probs.dtype, device=probs.device)
         node = torch.where(node_valid[..., None], probs * betas, zero)
         weight = grad[:, None] / node.sum(-1).masked_fill(~node_valid, 1)
-        grad_unary = node * weight[..., None]
+        grad_nodes = node * weight[..., None]
         grad_trans = None
         if ctx.needs_input_grad[1]:
-            grad_trans = torch.zeros_like(et)
-            if n > 1:
+            if n == 1:
+                grad_trans = torch.zeros_like(et)
+            else:
                 into = torch.where(node_valid[:, 1:, None], eu[:, 1:] * betas[:, 1:], zero)
-                pred = probs[:, :-1] @ et  # (B, N-1, C)
+                if per_position:
+                    pred = torch.bmm(probs[:, :-1].reshape(-1, 1, c), et.reshape(-1, c, c))
+                    pred = pred.view(batch, n - 1, c)
+                else:
+                    pred = probs[:, :-1] @ et  # (B, N-1, C)
                 norm = (pred * into).sum(-1).masked_fill(~node_valid[:, 1:], 1)
-                w = grad[:, None] / norm
-                outer = probs[:, :-1].flatten(0, 1).T @ (into * w[..., None]).flatten(0, 1)
-                grad_trans = et * outer
-        return grad_unary, grad_trans, None, None
+                w = (grad[:, None] / norm)[..., None]
+                if per_position:
+                    grad_trans = et * probs[:, :-1, :, None] * (into * w)[:, :, None, :]
+                else:
+                    outer = probs[:, :-1].flatten(0, 1).T @ (into * w).flatten(0, 1)
+                    grad_trans = et * outer
+        return grad_nodes, grad_trans, None, None
 
 
-def crf_log_partition(
-    unary: torch.Tensor,
-    transitions: torch.Tensor,
-    lengths: torch.Tensor | None = None,
-    method: str = "auto",
-) -> torch.Tensor:
-    """Log partition of a chain whose edges factor as ``transitions[i, j] + unary[n+1, j]``.
+class Chain:
+    """A batch of chains: node potentials, transitions and lengths, and the one programme.
 
-    :param unary: ``(batch, N, C)`` node log potentials (start/end potentials folded in).
-    :param transitions: ``(C, C)`` shared ``[from, to]`` log potentials.
-    :param lengths: ``(batch,)`` number of nodes in ``[1, N]``.
-    :param method: as in :func:`log_partition`; ``"auto"``/``"fused"`` use a factored
-        forward-backward pass (O(N C²), no ``(batch, N, C, C)`` tensor) whenever
-        ``spread(transitions) + spread(unary[n])`` stays within the probability-space limit.
-    :returns: ``(batch,)``, equal to ``log_partition(transitions + unary[:, 1:, None, :],
-        lengths, unary[:, 0])``.
+    :param nodes: ``(batch, N, C)`` node log potentials.
+    :param transitions: ``(C, C)`` shared or ``(batch, N-1, C, C)`` per-position log
+        potentials ``[from, to]``.
+    :param lengths: ``(batch,)`` integer number of nodes in ``[1, N]``, or ``None``.
+
+    Every method costs O(N C²) per chain (the scan O(N C³) work, O(log N) depth).
+
+    >>> import torch
+    >>> ch = Chain(torch.zeros(2, 3, 2), torch.zeros(2, 2), torch.tensor([3, 1]))
+    >>> ch.log_partition().exp()  # 2**3 and 2**1 sequences
+    tensor([8., 2.])
+    >>> ch.topk(2)[0]  # the two best scores of each chain
+    tensor([[0., 0.],
+            [0., 0.]])
     """
-    batch, n, c = unary.shape
-    if method == "auto":
-        method = choose_method(batch, n - 1, c, unary.device)
-        if method == "sequential":
-            method = "fused"
-    limit = _EXP_SPREAD.get(unary.dtype)
-    if method == "fused" and limit is not None:
-        lengths_ = torch.full((batch,), n, device=unary.device) if lengths is None else lengths
-        lengths_ = lengths_.to(unary.device)
-        node_valid = torch.arange(n, device=unary.device) < lengths_[:, None]
-        spread = (unary.amax(-1) - unary.amin(-1)).masked_fill(~node_valid, 0)
-        t_spread = transitions.amax() - transitions.amin()
-        total = float((spread.amax() + t_spread).item())
-        if total <= limit:  # false for nan
-            budget = _EXP_BUDGET[unary.dtype]
-            every = max(1, int(budget // max(total, math.log(c), 1.0)))
-            return _FactoredForwardBackward.apply(unary, transitions, lengths_, every)
-    edges = transitions + unary[:, 1:, None, :]
-    return log_partition(edges, lengths, unary[:, 0], LogSemiring, method)
+
+    def __init__(
+        self, nodes: torch.Tensor, transitions: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> None:
+        if nodes.dim() != 3:
+            raise ValueError(f"nodes must have shape (batch, N, C), got {tuple(nodes.shape)}")
+        batch, n, c = nodes.shape
+        if transitions.shape not in ((c, c), (batch, n - 1, c, c)):
+            raise ValueError(
+                f"transitions must have shape ({c}, {c}) or ({batch}, {n - 1}, {c}, {c}), "
+                f"got {tuple(transitions.shape)}"
+            )
+        self.batch, self.length, self.num_states = batch, n, c
+        self.ragged = lengths is not None
+        if lengths is None:
+            lengths = torch.full((batch,), n, dtype=torch.long, device=nodes.device)
+        self.lengths = lengths.to(device=nodes.device, dtype=torch.long)
+        node_valid = torch.arange(n, device=nodes.device) < self.lengths[:, None]
+        self.valid = node_valid[:, 1:]  # (B, N-1): edge n lies inside the chain
+        if self.ragged:  # padding may hold anything (NaN included): never let it in
+            zero = torch.zeros((), dtype=nodes.dtype, device=nodes.device)
+            nodes = torch.where(node_valid[..., None], nodes, zero)
+            if transitions.dim() == 4:
+                transitions = torch.where(self.valid[..., None, None], transitions, zero)
+        self.nodes, self.transitions = nodes, transitions
+
+    # -- the programme --------------------------------------------------------------------
+
+    def _log_space(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Potentials with forbidden entries (``-inf``) replaced by the finite log-zero."""
+        low = log_zero(self.nodes.dtype)
+        return self.nodes.clamp_min(low), self.transitions.clamp_min(low)
+
+    def _step(self, trans: torch.Tensor, n: int) -> torch.Tensor:
+        return trans[:, n] if trans.dim() == 4 else trans.unsqueeze(0)
+
+    def _sequential(self, semiring: type[Semiring]) -> torch.Tensor:
+        """Forward recursion in log space, every message renormalised by its maximum."""
+        nodes, trans = self._log_space()
+        dims = tuple(range(1, 2 + semiring.extra))
+        alpha = semiring.convert(nodes[:, 0])
+        offset = _max(alpha, dims)
+        alpha = alpha - offset
+        for n in range(self.length - 1):
+            new = semiring.vecmat(alpha, self._step(trans, n))
+            new = new + nodes[:, n + 1].view(self.batch, -1, *(1,) * semiring.extra)
+            c = _max(new, dims)
+            valid = self.valid[:, n].view(-1, *(1,) * len(dims))
+            alpha = torch.where(valid, new - c, alpha)
+            offset = offset + torch.where(valid, c, 0)
+        offset = offset.flatten(1)[:, 0]
+        return semiring.total(alpha) + offset.view(-1, *(1,) * semiring.extra)
+
+    def _scan(self, semiring: type[Semiring]) -> torch.Tensor:
+        """Parallel associative scan over renormalised ``C × C`` edge matrices."""
+        nodes, trans = self._log_space()
+        c = self.num_states
+        edges = trans + nodes[:, 1:, None, :]
+        if self.ragged:
+            one = semiring.one_matrix(c, edges.dtype, edges.device)
+            edges = torch.where(self.valid[..., None, None], edges, one)
+        offset = nodes.new_zeros(self.batch)
+        if edges.shape[1]:
+            m = _max(edges, (-2, -1))
+            edges = edges - m
+            offset = m.sum((1, 2, 3))
+        while edges.shape[1] > 1:
+            odd = edges.shape[1] % 2
+            paired = semiring.matmul(edges[:, 0 : edges.shape[1] - odd : 2], edges[:, 1::2])
+            m = _max(paired, (-2, -1))
+            paired = paired - m
+            offset = offset + m.sum((1, 2, 3))
+            edges = torch.cat([paired, edges[:, edges.shape[1] - 1 :]], dim=1) if odd else paired
+        alpha = nodes[:, 0]
+        if edges.shape[1]:
+            alpha = semiring.vecmat(alpha, edges[:, 0])
+        return semiring.total(alpha) + offset
+
+    def _fused_every(self) -> int | None:
+        """Renormalisation interval of the fused pass, or ``None`` when probability space
+        would underflow (or the dtype is not float32/64, or the potentials hold NaN/inf)."""
+        limit = _EXP_SPREAD.get(self.nodes.dtype)
+        if limit is None:
+            return None
+        spread = _spread(self.nodes, (-1,))  # (B, N)
+        if self.transitions.dim() == 4:
+            step = _spread(self.transitions, (-2, -1)) + spread[:, 1:]
+            total = torch.cat([spread[:, :1], step], 1).amax()
+        else:
+            total = spread.amax() + _spread(self.transitions, (-2, -1))
+        total = float(total.item())
+        if not total <= limit:  # false for nan
+            return None
+        return max(1, int(_EXP_BUDGET[self.nodes.dtype] // max(total, math.log(self.num_states), 1.0)))
+
+    def method(self, semiring: type[Semiring] = LogSemiring, method: str = "auto",
+               create_graph: bool = False) -> tuple[str, int | None]:
+        """Resolve ``method`` (see :func:`choose_method`) → ``(backend, fused interval)``."""
+        if method not in _METHODS:
+            raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+        if method == "fused" and semiring is not LogSemiring:
+            raise ValueError("method='fused' supports only the LogSemiring")
+        every = None
+        if method in ("auto", "fused") and semiring is LogSemiring:
+            every = self._fused_every()
+        if method == "auto":
+            method = choose_method(
+                semiring, self.batch, self.length - 1, self.num_states, self.nodes.device,
+                fused_ok=every is not None, create_graph=create_graph,
+            )
+        elif method == "fused" and every is None:
+            method = "sequential"  # extreme potentials: log space
+        return method, every
+
+    def log_partition(self, semiring: type[Semiring] = LogSemiring, method: str = "auto") -> torch.Tensor:
+        """Semiring sum over all state sequences ``(batch, *value)`` (``log Z`` for the log
+        semiring, the best score for max, the ``k`` best for k-max); ``-inf`` when every
+        sequence is forbidden."""
+        backend, every = self.method(semiring, method)
+        if backend == "fused":
+            out = _Fused.apply(self.nodes, self.transitions, self.lengths, every)
+        elif backend == "scan":
+            out = self._scan(semiring)
+        else:
+            out = self._sequential(semiring)
+        return out.masked_fill(out <= log_zero(out.dtype) / 2, -math.inf)
+
+    def marginals(self, method: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``log Z`` ``(batch,)``, node marginals ``(batch, N, C)`` and edge marginals summed
+        over positions ``(batch, C, C)`` for shared transitions or per position
+        ``(batch, N-1, C, C)``, as the gradient of ``log Z``; differentiable when the
+        potentials require grad (then through a twice-differentiable backend)."""
+        nodes, trans = self.nodes, self.transitions
+        create_graph = torch.is_grad_enabled() and (nodes.requires_grad or trans.requires_grad)
+        with torch.enable_grad():
+            u = nodes if nodes.requires_grad else nodes.detach().requires_grad_()
+            t = trans if trans.requires_grad else trans.detach().requires_grad_()
+            leaf = Chain.__new__(Chain)
+            leaf.__dict__.update(self.__dict__, nodes=u, transitions=t)
+            backend, every = leaf.method(LogSemiring, method, create_graph)
+            if backend == "fused":
+                log_z = _Fused.apply(u, t, self.lengths, every)
+            else:
+                log_z = leaf.log_partition(LogSemiring, backend)
+            node_m, edge_m = torch.autograd.grad(
+                log_z.sum(), (u, t), create_graph=create_graph, materialize_grads=True
+            )
+        if t.dim() == 2:  # shared transitions: the gradient sums over the batch
+            edge_m = None
+        if not create_graph:
+            log_z = log_z.detach()
+        return log_z.masked_fill(log_z <= log_zero(log_z.dtype) / 2, -math.inf), node_m, edge_m
+
+    def backward_messages(self, semiring: type[Semiring] = LogSemiring) -> torch.Tensor:
+        """Renormalised backward messages ``(batch, N, C)``: ``beta[:, n, i]`` is the semiring
+        sum over all suffixes from state ``i`` at node ``n`` (node ``n`` excluded), up to a
+        per-node constant. Past a chain's end they are ``one``."""
+        nodes, trans = self._log_space()
+        beta = nodes.new_zeros(self.batch, self.num_states)
+        betas = [beta]
+        for n in range(self.length - 2, -1, -1):
+            new = semiring.matvec(self._step(trans, n), nodes[:, n + 1] + beta)
+            new = new - _max(new, -1)
+            beta = torch.where(self.valid[:, n, None], new, beta)
+            betas.append(beta)
+        betas.reverse()
+        return torch.stack(betas, 1)
+
+    def forward_messages(self, semiring: type[Semiring] = LogSemiring) -> torch.Tensor:
+        """Renormalised forward messages ``(batch, N, C)`` (node ``n`` included), up to a
+        per-node constant; past a chain's end the last message is repeated."""
+        nodes, trans = self._log_space()
+        alpha = nodes[:, 0] - _max(nodes[:, 0], -1)
+        alphas = [alpha]
+        for n in range(self.length - 1):
+            new = semiring.vecmat(alpha, self._step(trans, n)) + nodes[:, n + 1]
+            new = new - _max(new, -1)
+            alpha = torch.where(self.valid[:, n, None], new, alpha)
+            alphas.append(alpha)
+        return torch.stack(alphas, 1)
+
+    def conditionals(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The chain as a Markov chain: ``log p(y_0)`` ``(batch, C)`` and
+        ``log p(y_{n+1} = j | y_n = i)`` ``(batch, N-1, C, C)`` (the identity past each
+        chain's end), from backward messages: exact in float32 at any scale."""
+        nodes, trans = self._log_space()
+        beta = self.backward_messages()
+        log_p0 = (nodes[:, 0] + beta[:, 0]).log_softmax(-1)
+        into = (nodes[:, 1:] + beta[:, 1:]).unsqueeze(-2)  # (B, N-1, 1, C)
+        cond = (trans + into).log_softmax(-1)
+        if self.ragged:
+            eye = LogSemiring.one_matrix(self.num_states, cond.dtype, cond.device)
+            cond = torch.where(self.valid[..., None, None], cond, eye)
+        return log_p0, cond
+
+    def node_marginals(self) -> torch.Tensor:
+        """``p(y_n = c)`` ``(batch, N, C)`` (the last node's marginal repeated past the end)."""
+        return self.marginals()[1]
+
+    def cross_entropy(self, other: Chain) -> torch.Tensor:
+        """``H(p, q) = −E_p[log q(y)]`` ``(batch,)`` of this chain ``p`` and ``other`` ``q``
+        (same shape and lengths), as the sum of local conditional cross-entropies."""
+        return self._local_sum(other, entropy_only=False)
+
+    def kl_divergence(self, other: Chain) -> torch.Tensor:
+        """``KL(p || q)`` ``(batch,)``, a sum of non-negative local conditional KLs."""
+        return self._local_sum(other, entropy_only=False, kl=True)
+
+    def entropy(self) -> torch.Tensor:
+        """Entropy ``(batch,)``: ``H(y_0) + Σ_n E[H(y_{n+1} | y_n)]``; differentiable."""
+        return self._local_sum(self, entropy_only=True)
+
+    def _local_sum(self, other: Chain, entropy_only: bool, kl: bool = False) -> torch.Tensor:
+        log_p0, cond_p = self.conditionals()
+        if entropy_only:
+            log_q0, cond_q = log_p0, cond_p
+        else:
+            if other.nodes.shape != self.nodes.shape or not torch.equal(other.lengths, self.lengths):
+                raise ValueError("both chains must have the same shape and lengths")
+            log_q0, cond_q = other.conditionals()
+        # node marginals from the conditionals (probability space: stochastic matrices)
+        p0 = log_p0.exp()
+        probs = cond_p.exp()
+        mu = [p0]
+        for n in range(self.length - 2):
+            mu.append(torch.bmm(mu[-1].unsqueeze(1), probs[:, n]).squeeze(1))
+        local_q = -(probs * cond_q).sum(-1)  # (B, N-1, C): cross-entropy of each row
+        first = -(p0 * log_q0).sum(-1)
+        if kl:
+            local_q = local_q + (probs * cond_p).sum(-1)
+            first = first + (p0 * log_p0).sum(-1)
+        total = first
+        if self.length > 1:
+            total = first + (torch.stack(mu, 1) * local_q).sum((-2, -1))  # mu: (B, N-1, C)
+        # a forbidden (log-zero) transition of q where p has mass: infinite
+        return total.masked_fill(total >= -log_zero(total.dtype) / 2, math.inf)
+
+    # -- decoding ---------------------------------------------------------------------------
+
+    def topk(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` best state sequences: scores ``(batch, k)`` (decreasing; ``-inf`` when
+        fewer than ``k`` sequences are possible) and paths ``(batch, k, N)`` (long; past a
+        chain's end the last state is repeated). The k-max semiring with back-pointers;
+        cost O(N C² k log k)."""
+        semiring = KMaxSemiring(k)
+        with torch.no_grad():
+            nodes, trans = self._log_space()
+            c = self.num_states
+            alpha = semiring.convert(nodes[:, 0])  # (B, C, k)
+            offset = alpha.amax((1, 2))
+            alpha = alpha - offset[:, None, None]
+            keep = torch.arange(c * k, device=nodes.device).view(1, c, k)
+            pointers = []
+            for n in range(self.length - 1):
+                cand = alpha[:, :, None] + self._step(trans, n)[..., None]  # (B, Ci, Cj, k)
+                cand = cand.transpose(1, 2).flatten(2)  # (B, Cj, Ci * k)
+                new, ptr = cand.topk(k, dim=-1)
+                new = new + nodes[:, n + 1, :, None]
+                m = new.amax((1, 2))
+                new = new - m[:, None, None]
+                valid = self.valid[:, n]
+                alpha = torch.where(valid[:, None, None], new, alpha)
+                offset = offset + torch.where(valid, m, 0)
+                pointers.append(torch.where(valid[:, None, None], ptr, keep))
+            scores, flat = alpha.flatten(1).topk(k, dim=-1)
+            scores = scores + offset[:, None]
+            state, rank = flat // k, flat % k
+            path = [state]
+            for ptr in reversed(pointers):
+                back = ptr.flatten(1).gather(1, state * k + rank)
+                state, rank = back // k, back % k
+                path.append(state)
+            path.reverse()
+            paths = torch.stack(path, -1)
+        return scores.masked_fill(scores <= log_zero(scores.dtype) / 2, -math.inf), paths
+
+    def max_marginals(self) -> torch.Tensor:
+        """``max_{y: y_n = c} score(y) − max_y score(y)`` ``(batch, N, C)``: ``<= 0``, and 0
+        on the Viterbi path (``-inf`` for forbidden states)."""
+        with torch.no_grad():
+            x = self.forward_messages(MaxSemiring) + self.backward_messages(MaxSemiring)
+            x = x - x.amax(-1, keepdim=True)
+        return x.masked_fill(x <= log_zero(x.dtype) / 2, -math.inf)
+
+    def viterbi(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Best score ``(batch,)`` and path ``(batch, N)`` (long; past a chain's end the last
+        state is repeated). Max-messages in a states-major layout, renormalised as often as
+        the spread requires; back-tracking from the stored messages (no back-pointers) or, for
+        long chains with few states, from vectorised back-pointers by pointer doubling."""
+        with torch.no_grad():
+            nodes, trans = self._log_space()
+            batch, n, c = nodes.shape
+            per_position = trans.dim() == 4
+            # states-major layout (C, B): the step tensor is (C_from, C_to, B), contiguous,
+            # and the reduction runs over its outermost dimension
+            umax = nodes.amax(-1, keepdim=True)
+            unary_t = (nodes - umax).permute(1, 2, 0).contiguous()  # (N, C, B)
+            if per_position:
+                tmax = trans.amax((-2, -1))  # (B, N-1)
+                trans_t = (trans - tmax[..., None, None]).permute(1, 2, 3, 0).contiguous()
+            else:
+                trans_t = (trans - trans.amax()).unsqueeze(-1).contiguous()
+            t_spread = _spread(trans, (-2, -1))
+            t_spread = t_spread.amax() if t_spread.numel() else 0.0
+            spread = float((_spread(nodes, (-1,)).amax() + t_spread).item())
+            every = max(1, int(64 // spread)) if spread > 0 else 64
+            alpha = unary_t[0]
+            alphas = [alpha]
+            for m in range(1, n):
+                step = trans_t[m - 1] if per_position else trans_t
+                alpha = (alpha.unsqueeze(1) + step).amax(0) + unary_t[m]
+                if m % every == 0:
+                    alpha = alpha - alpha.amax(0)
+                alphas.append(alpha)
+            stacked = torch.stack(alphas, 0)  # (N, C, B)
+            if n > _VITERBI_DOUBLING_MIN_LENGTH and c <= _VITERBI_DOUBLING_MAX_STATES:
+                scores = stacked[:-1].unsqueeze(2) + (trans_t if per_position else trans_t[None])
+                pointers = scores.max(1).indices  # (N-1, C_to, B)
+                path = _pointer_doubling(
+                    stacked.permute(2, 0, 1), pointers.permute(2, 0, 1), self.lengths
+                )
+            else:
+                path = self._backtrack(stacked.permute(2, 0, 1).contiguous(), trans)
+            best = self.score(path)
+        return best, path
+
+    def _backtrack(self, alphas: torch.Tensor, trans: torch.Tensor) -> torch.Tensor:
+        """Back-tracking from stored max-messages ``(B, N, C)`` on right-aligned sequences."""
+        batch, n, c = alphas.shape
+        pos = torch.arange(n, device=alphas.device)
+        shift = None
+        per_position = trans.dim() == 4
+        if self.ragged:
+            shift = (n - self.lengths)[:, None]
+            if bool((shift > 0).any().item()):  # right-align: last node at n - 1
+                index = (pos - shift).clamp_min(0)
+                alphas = alphas.gather(1, index[..., None].expand(batch, n, c))
+                if per_position:
+                    src = index[:, :-1].clamp_max(n - 2)
+                    trans = trans.gather(1, src[..., None, None].expand(-1, -1, c, c))
+            else:
+                shift = None
+        state = alphas[:, -1].argmax(-1)
+        into = trans.transpose(-1, -2).contiguous()  # into[..., j, :] = transitions[..., :, j]
+        states = [state]
+        rows = torch.arange(batch, device=alphas.device)
+        for m in range(n - 2, -1, -1):
+            col = into[rows, m, state] if per_position else into[state]
+            state = (alphas[:, m] + col).argmax(-1)
+            states.append(state)
+        states.reverse()
+        path = torch.stack(states, 1)
+        if shift is not None:
+            path = path.gather(1, (pos + shift).clamp_max(n - 1))
+        return path
+
+    def score(self, path: torch.Tensor) -> torch.Tensor:
+        """Log potential ``(..., batch)`` of state sequences ``(..., batch, N)`` (positions past
+        a chain's end are ignored)."""
+        nodes, trans = self.nodes, self.transitions
+        path = path.masked_fill(path >= self.num_states, 0)
+        total = nodes.expand(path.shape + (self.num_states,)).gather(-1, path[..., None])[..., 0]
+        node_valid = torch.arange(self.length, device=path.device) < self.lengths[:, None]
+        total = torch.where(node_valid, total, 0).sum(-1)
+        if self.length > 1:
+            prev, nxt = path[..., :-1], path[..., 1:]
+            if trans.dim() == 2:
+                pair = trans[prev, nxt]
+            else:
+                flat = trans.flatten(-2).expand(path.shape[:-1] + (self.length - 1, -1))
+                pair = flat.gather(-1, (prev * self.num_states + nxt)[..., None])[..., 0]
+            total = total + torch.where(self.valid, pair, 0).sum(-1)
+        return total
+
+    def sample(self, num_samples: int = 1) -> torch.Tensor:
+        """Exact samples ``(num_samples, batch, N)`` (long) from the Markov-chain form
+        (:meth:`conditionals`); past a chain's end the last state is repeated."""
+        with torch.no_grad():
+            log_p0, cond = self.conditionals()
+            shape = (num_samples, self.batch, self.num_states)
+
+            def draw(logits: torch.Tensor) -> torch.Tensor:
+                gumbel = -torch.empty_like(logits).exponential_().log()
+                return (logits + gumbel).argmax(-1)
+
+            state = draw(log_p0.expand(shape))
+            path = [state]
+            for n in range(self.length - 1):
+                rows = cond[:, n].expand(num_samples, -1, -1, -1)
+                state = draw(rows.gather(2, state[..., None, None].expand(*shape[:2], 1, shape[2]))[:, :, 0])
+                path.append(state)
+        return torch.stack(path, -1)
+
+
+def _pointer_doubling(alphas: torch.Tensor, pointers: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Best path from max-messages ``(B, N, C)`` and back-pointers ``(B, N-1, C)``:
+    ``log2(N)`` vectorised gathers instead of ``N`` sequential ones."""
+    batch, n, c = alphas.shape
+    identity = torch.arange(c, device=alphas.device).expand(batch, c)
+    maps = torch.cat([pointers, identity.unsqueeze(1)], dim=1)
+    index = (lengths - 1).view(-1, 1, 1).expand(-1, 1, c)
+    alpha = alphas.gather(1, index).squeeze(1)
+    past_end = torch.arange(n, device=alphas.device) >= (lengths[:, None] - 1)
+    maps = torch.where(past_end[..., None], identity.unsqueeze(1), maps)
+    last = alpha.argmax(-1, keepdim=True)
+    # maps[:, m] sends the state of node m+1 to the best state of node m; after round k,
+    # maps[:, m] sends node min(m + 2^k, N-1) to node m. The identity tail keeps hops in range.
+    buf = torch.cat([maps, identity.unsqueeze(1).expand(batch, n, c)], dim=1)
+    hop = 1
+    while hop < n:
+        buf[:, :n] = buf[:, :n].gather(-1, buf[:, hop : hop + n])
+        hop *= 2
+    return buf[:, :n].gather(-1, last.unsqueeze(1).expand(batch, n, 1)).squeeze(-1)
+
+
+# -- edge-potential functions (general edges ``(batch, N-1, C, C)`` with unaries folded in) ---
+
+
+def _edge_chain(edges: torch.Tensor, lengths: torch.Tensor | None, init: torch.Tensor | None) -> Chain:
+    if edges.dim() != 4 or edges.shape[-1] != edges.shape[-2]:
+        raise ValueError(f"edges must have shape (batch, N-1, C, C), got {tuple(edges.shape)}")
+    batch, steps, c, _ = edges.shape
+    if init is None:
+        init = edges.new_zeros(batch, c)
+    nodes = torch.cat([init.unsqueeze(1), init.new_zeros(batch, steps, c)], 1)
+    return Chain(nodes, edges, lengths)
 
 
 def log_partition(
@@ -335,55 +687,30 @@ def log_partition(
         ``y_n = i, y_{n+1} = j``.
     :param lengths: ``(batch,)`` integer number of nodes in ``[1, N]``; ``None`` = all ``N``.
     :param init: ``(batch, C)`` log potentials of node 0; ``None`` = zeros.
-    :param semiring: :class:`LogSemiring` (log Z) or :class:`MaxSemiring` (Viterbi score).
-    :param method: ``"sequential"`` (autograd through the forward loop), ``"fused"`` (log
-        semiring only: hand-written forward-backward in probability space, fastest, but not
-        twice differentiable; falls back to ``"sequential"`` when one edge matrix spreads over
-        more than 60 (float32) or 600 (float64) nats),
-        ``"scan"``, or ``"auto"``: :func:`choose_method`, with ``"fused"`` for the log semiring
-        instead of ``"sequential"``.
-    :returns: ``(batch,)``.
-
-    Cost: O(N C²) work sequentially, O(N C³) work and O(log N) depth for the scan.
+    :param semiring: :class:`LogSemiring` (log Z), :class:`MaxSemiring` (Viterbi score) or a
+        :func:`KMaxSemiring` (``(batch, k)`` best scores).
+    :param method: ``"auto"`` (:func:`choose_method`), ``"fused"``, ``"sequential"`` or
+        ``"scan"`` (see the module docstring).
+    :returns: ``(batch,)`` (``(batch, k)`` for k-max).
     """
-    if edges.dim() != 4 or edges.shape[-1] != edges.shape[-2]:
-        raise ValueError(f"edges must have shape (batch, N-1, C, C), got {tuple(edges.shape)}")
-    init = _init_or_one(init, edges)
-    if method == "auto":
-        method = choose_method(edges.shape[0], edges.shape[1], edges.shape[-1], edges.device)
-        if method == "sequential" and semiring is LogSemiring:
-            method = "fused"
-    if method == "fused":
-        if semiring is not LogSemiring:
-            raise ValueError("method='fused' supports only the LogSemiring")
-        full = torch.full((edges.shape[0],), edges.shape[1] + 1, device=edges.device)
-        lengths_ = full if lengths is None else lengths.to(edges.device)
-        valid = torch.arange(edges.shape[1], device=edges.device) < (lengths_[:, None] - 1)
-        if _spread_ok(init, edges, valid):
-            return _ForwardBackward.apply(init, edges, valid)
-        method = "sequential"  # extreme potentials: log space, exact local softmax gradients
-    masked = mask_edges(edges, lengths, semiring)
-    if method == "sequential":
-        return _sequential(masked, init, semiring)
-    if method == "scan":
-        return _scan(masked, init, semiring)
-    raise ValueError(f"method must be 'auto', 'fused', 'sequential' or 'scan', got {method!r}")
+    return _edge_chain(edges, lengths, init).log_partition(semiring, method)
 
 
-def forward_messages(
-    edges: torch.Tensor,
+def crf_log_partition(
+    unary: torch.Tensor,
+    transitions: torch.Tensor,
     lengths: torch.Tensor | None = None,
-    init: torch.Tensor | None = None,
-    semiring: type[Semiring] = LogSemiring,
+    method: str = "auto",
 ) -> torch.Tensor:
-    """All forward messages ``alpha`` ``(batch, N, C)``; ``alpha[:, n, j]`` sums every prefix
-    ending in state ``j`` at node ``n``. Past a chain's end the last message is repeated.
-    Cost O(N C²)."""
-    init = _init_or_one(init, edges)
-    alphas = [init]
-    for step in mask_edges(edges, lengths, semiring).unbind(1):
-        alphas.append(semiring.sum(alphas[-1].unsqueeze(-1) + step, dim=-2))
-    return torch.stack(alphas, dim=1)
+    """Log partition of a chain whose edges factor as ``transitions[i, j] + unary[n+1, j]``,
+    without building the ``(batch, N-1, C, C)`` edges: :meth:`Chain.log_partition`.
+
+    :param unary: ``(batch, N, C)`` node log potentials (start/end potentials folded in).
+    :param transitions: ``(C, C)`` or ``(batch, N-1, C, C)`` ``[from, to]`` log potentials.
+    :param lengths: ``(batch,)`` number of nodes in ``[1, N]``.
+    :returns: ``(batch,)``.
+    """
+    return Chain(unary, transitions, lengths).log_partition(LogSemiring, method)
 
 
 def marginals(
@@ -396,149 +723,45 @@ def marginals(
 
     :returns: ``log_z`` ``(batch,)``, node-0 marginals ``(batch, C)`` and edge marginals
         ``(batch, N-1, C, C)`` (exactly zero past each chain's end). They stay differentiable
-        when the inputs require grad (so an entropy built on them can be back-propagated).
+        when the inputs require grad.
     """
-    init = _init_or_one(init, edges)
-    create_graph = torch.is_grad_enabled() and (edges.requires_grad or init.requires_grad)
-    with torch.enable_grad():
-        e = edges if edges.requires_grad else edges.detach().requires_grad_()
-        i = init if init.requires_grad else init.detach().requires_grad_()
-        if create_graph and method in ("auto", "fused"):
-            # the fused pass is once differentiable; marginals must stay differentiable
-            method = choose_method(e.shape[0], e.shape[1], e.shape[-1], e.device)
-        log_z = log_partition(e, lengths, i, LogSemiring, method)
-        init_m, edge_m = torch.autograd.grad(
-            log_z.sum(), (i, e), create_graph=create_graph, materialize_grads=True
-        )
-    if not create_graph:
-        log_z = log_z.detach()
-    return log_z, init_m, edge_m
+    log_z, node_m, edge_m = _edge_chain(edges, lengths, init).marginals(method)
+    return log_z, node_m[:, 0], edge_m
 
 
 def entropy(
-    edges: torch.Tensor,
-    lengths: torch.Tensor | None = None,
-    init: torch.Tensor | None = None,
-    method: str = "auto",
+    edges: torch.Tensor, lengths: torch.Tensor | None = None, init: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Entropy ``H = log Z − E[score]`` ``(batch,)`` of the Gibbs distribution of the chain,
-    with ``E[score]`` from the marginals. Cost: one forward and one backward pass."""
-    init = _init_or_one(init, edges)
-    log_z, init_m, edge_m = marginals(edges, lengths, init, method)
-    valid = edge_mask(lengths, edges.shape[1], edges.device)[:, :, None, None]
-    # where() before the product: padded potentials may be -inf and 0 * -inf is nan.
-    safe_edges = torch.where(valid, edges, torch.zeros((), dtype=edges.dtype))
-    expected = (init_m * init).sum(-1) + (edge_m * safe_edges).sum((-3, -2, -1))
-    return log_z - expected
-
-
-def _backtrack(
-    alphas: list[torch.Tensor], pointers: list[torch.Tensor], lengths: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Score and path from forward max-messages and backpointers (see :func:`viterbi`)."""
-    alpha = alphas[-1]
-    batch, c = alpha.shape
-    identity = torch.arange(c, device=alpha.device).expand(batch, c)
-    maps = torch.stack([*pointers, identity], dim=1)
-    n = maps.shape[1]
-    if lengths is not None:
-        # no masking in the forward loop: read each chain at its own last node and replace
-        # the backpointers past it by the identity map
-        lengths = lengths.to(alpha.device)
-        index = (lengths - 1).view(-1, 1, 1).expand(-1, 1, c)
-        alpha = torch.stack(alphas, 1).gather(1, index).squeeze(1)
-        past_end = torch.arange(n, device=alpha.device) >= (lengths[:, None] - 1)
-        maps = torch.where(past_end[..., None], identity.unsqueeze(1), maps)
-    score, last = alpha.max(dim=-1, keepdim=True)
-    # maps[:, m] sends the state of node m+1 to the best state of node m. Pointer doubling:
-    # after round k, maps[:, m] sends node min(m + 2^k, N-1) to node m, so log2(N) vectorised
-    # gathers replace N sequential ones. The identity tail makes every hop in range.
-    buf = torch.cat([maps, identity.unsqueeze(1).expand(batch, n, c)], dim=1)
-    hop = 1
-    while hop < n:
-        buf[:, :n] = buf[:, :n].gather(-1, buf[:, hop : hop + n])
-        hop *= 2
-    path = buf[:, :n].gather(-1, last.unsqueeze(1).expand(batch, n, 1)).squeeze(-1)
-    return score.squeeze(-1), path
+    """Entropy ``(batch,)`` of the Gibbs distribution of the chain (:meth:`Chain.entropy`)."""
+    return _edge_chain(edges, lengths, init).entropy()
 
 
 def viterbi(
-    edges: torch.Tensor,
-    lengths: torch.Tensor | None = None,
-    init: torch.Tensor | None = None,
+    edges: torch.Tensor, lengths: torch.Tensor | None = None, init: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best state sequence by max-product with backpointers.
-
-    :returns: score ``(batch,)`` and path ``(batch, N)`` (long); past a chain's end the path
-        repeats the last state (callers mask it). Cost O(N C²), not differentiable in the path.
-    """
-    with torch.no_grad():
-        alpha = _init_or_one(init, edges)
-        alphas, pointers = [alpha], []
-        for step in edges.unbind(1):
-            alpha, best_prev = (alpha.unsqueeze(-1) + step).max(dim=-2)
-            alphas.append(alpha)
-            pointers.append(best_prev)
-        return _backtrack(alphas, pointers, lengths)
+    """Best score ``(batch,)`` and path ``(batch, N)`` (:meth:`Chain.viterbi`)."""
+    return _edge_chain(edges, lengths, init).viterbi()
 
 
 def crf_viterbi(
     unary: torch.Tensor, transitions: torch.Tensor, lengths: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`viterbi` for edges ``transitions[i, j] + unary[n+1, j]``, without building them.
-
-    The forward loop keeps only max-messages (an outer-dimension ``amax``, much faster on CPU
-    than ``max`` with indices); the backward loop recovers each state from the stored
-    message and one column of ``transitions``, on sequences right-aligned so that no step
-    needs masking. Cost O(N C²).
+    """:meth:`Chain.viterbi` for edges ``transitions[i, j] + unary[n+1, j]``.
 
     :param unary: ``(batch, N, C)`` (start/end folded in).
-    :param transitions: ``(C, C)``.
-    :returns: score ``(batch,)`` and path ``(batch, N)`` as :func:`viterbi`.
+    :param transitions: ``(C, C)`` or ``(batch, N-1, C, C)``.
     """
-    with torch.no_grad():
-        batch, n, c = unary.shape
-        # states-major layout (C, B): the step tensor is (C_from, C_to, B), contiguous, and
-        # the reduction runs over its outermost dimension
-        unary_t = unary.permute(1, 2, 0).contiguous()  # (N, C, B)
-        trans = transitions.unsqueeze(-1).contiguous()  # (C_from, C_to, 1)
-        alpha = unary_t[0]
-        alphas = [alpha]
-        for u in unary_t[1:].unbind(0):
-            alpha = (alpha.unsqueeze(1) + trans).amax(0) + u
-            alphas.append(alpha)
-        if n > _VITERBI_DOUBLING_MIN_LENGTH and c <= _VITERBI_DOUBLING_MAX_STATES:
-            # long chains, few states: all backpointers in one vectorised (C, N, C, B)
-            # reduction, then pointer doubling replaces the N-step backtracking loop
-            stacked = torch.stack(alphas, 0)  # (N, C, B)
-            scores = stacked[:-1].transpose(0, 1).unsqueeze(2) + trans.unsqueeze(1)
-            pointers = scores.max(0).indices  # (N-1, C_to, B)
-            return _backtrack(
-                list(stacked.transpose(1, 2).unbind(0)),
-                list(pointers.transpose(1, 2).unbind(0)),
-                lengths,
-            )
-        alphas = torch.stack(alphas, 0).permute(2, 0, 1).contiguous()  # (B, N, C)
-        pos = torch.arange(n, device=unary.device)
-        shift = None
-        if lengths is not None:
-            shift = (n - lengths.to(unary.device))[:, None]
-            if bool((shift > 0).any().item()):  # right-align: last node at n - 1
-                index = (pos - shift).clamp_min(0)[..., None].expand(batch, n, c)
-                alphas = alphas.gather(1, index)
-            else:
-                shift = None
-        score, state = alphas[:, -1].max(-1)
-        into = transitions.T.contiguous()  # into[j] = transitions[:, j]
-        states = [state]
-        for m in range(n - 2, -1, -1):
-            state = (alphas[:, m] + into[state]).argmax(-1)
-            states.append(state)
-        states.reverse()
-        path = torch.stack(states, 1)
-        if shift is not None:
-            path = path.gather(1, (pos + shift).clamp_max(n - 1))
-        return score, path
+    return Chain(unary, transitions, lengths).viterbi()
+
+
+def topk(
+    edges: torch.Tensor,
+    k: int,
+    lengths: torch.Tensor | None = None,
+    init: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` best scores ``(batch, k)`` and paths ``(batch, k, N)`` (:meth:`Chain.topk`)."""
+    return _edge_chain(edges, lengths, init).topk(k)
 
 
 def sample(
@@ -547,29 +770,5 @@ def sample(
     init: torch.Tensor | None = None,
     num_samples: int = 1,
 ) -> torch.Tensor:
-    """Exact samples by forward filtering, backward sampling.
-
-    :returns: ``(num_samples, batch, N)`` long; past a chain's end the last state is repeated.
-        Cost O(N C²) for the messages plus O(num_samples N C) for the backward pass.
-    """
-    with torch.no_grad():
-        alphas = forward_messages(edges, lengths, init, LogSemiring)
-        masked = mask_edges(edges, lengths, LogSemiring)
-        batch, n, c = alphas.shape
-
-        def draw(logits: torch.Tensor) -> torch.Tensor:
-            # Gumbel-max; centring first so that the noise is not lost against scores ~1e8.
-            logits = logits - logits.amax(-1, keepdim=True)
-            gumbel = -torch.empty_like(logits).exponential_().log()
-            return (logits + gumbel).argmax(-1)
-
-        state = draw(alphas[:, -1].expand(num_samples, batch, c))
-        path = [state]
-        for pos in range(n - 2, -1, -1):
-            # column of the transition matrix into the sampled next state: (S, B, C)
-            into = masked[:, pos].expand(num_samples, batch, c, c)
-            column = into.gather(-1, state[..., None, None].expand(num_samples, batch, c, 1))
-            state = draw(alphas[:, pos] + column.squeeze(-1))
-            path.append(state)
-        path.reverse()
-    return torch.stack(path, dim=-1)
+    """Exact samples ``(num_samples, batch, N)`` (:meth:`Chain.sample`)."""
+    return _edge_chain(edges, lengths, init).sample(num_samples)

@@ -12,6 +12,7 @@ import math
 
 import torch
 from pyro.distributions import TorchDistribution, constraints
+from torch.distributions.kl import register_kl
 from torch.distributions.utils import lazy_property
 
 from pyrocg.structured import chain
@@ -19,7 +20,7 @@ from pyrocg.structured import chain
 from ..nodes.base import check_energy
 from ..validation import is_validation_enabled
 
-__all__ = ["LinearChainCRF"]
+__all__ = ["MISSING", "LinearChainCRF"]
 
 
 def _check_float(name: str, value: object) -> torch.Tensor:
@@ -48,6 +49,11 @@ class LinearChainCRF(TorchDistribution):
         Viterbi paths, samples or the entropy are computed.
     :param start: optional ``(tags,)`` log potentials of the first tag.
     :param end: optional ``(tags,)`` log potentials of the last valid tag.
+    :param allowed: optional bool ``(tags, tags)`` allowed transitions ``[from, to]`` (e.g.
+        BIO: no ``O → I``); forbidden transitions get potential ``-inf``, so the constraint
+        holds alike in ``log Z``, marginals, samples, Viterbi and k-best paths.
+    :param allowed_start: optional bool ``(tags,)`` allowed first tags.
+    :param allowed_end: optional bool ``(tags,)`` allowed last (valid) tags.
 
     Lazy properties :attr:`log_partition` ``(batch,)``, :attr:`marginals`
     ``(batch, length, tags)`` and :attr:`argmax` ``(batch, length)``; :meth:`sample` draws
@@ -87,6 +93,9 @@ class LinearChainCRF(TorchDistribution):
         *,
         start: torch.Tensor | None = None,
         end: torch.Tensor | None = None,
+        allowed: torch.Tensor | None = None,
+        allowed_start: torch.Tensor | None = None,
+        allowed_end: torch.Tensor | None = None,
     ) -> None:
         _check_float("unary", unary)
         if unary.dim() < 2 or unary.shape[-1] < 1 or unary.shape[-2] < 1:
@@ -122,6 +131,17 @@ class LinearChainCRF(TorchDistribution):
                 raise ValueError(f"{name} must have shape ({num_tags},) (tags,), got {tuple(value.shape)}")
             if value.dtype != unary.dtype:
                 raise TypeError(f"{name} must have the dtype of unary ({unary.dtype}), got {value.dtype}")
+        for name, value, shape in (
+            ("allowed", allowed, (num_tags, num_tags)),
+            ("allowed_start", allowed_start, (num_tags,)),
+            ("allowed_end", allowed_end, (num_tags,)),
+        ):
+            if value is None:
+                continue
+            if not isinstance(value, torch.Tensor) or value.dtype != torch.bool:
+                raise TypeError(f"{name} must be a bool tensor, got {getattr(value, 'dtype', type(value))}")
+            if tuple(value.shape) != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {tuple(value.shape)}")
         if lengths is not None:
             if not isinstance(lengths, torch.Tensor):
                 raise TypeError(f"lengths must be a torch.Tensor, got {type(lengths).__name__}")
@@ -143,6 +163,9 @@ class LinearChainCRF(TorchDistribution):
         self.lengths = lengths
         self.start = start
         self.end = end
+        self.allowed = allowed
+        self.allowed_start = allowed_start
+        self.allowed_end = allowed_end
         self.num_tags = num_tags
         self._check_values = is_validation_enabled() if validate_args is None else validate_args
         if self._check_values:
@@ -211,6 +234,9 @@ class LinearChainCRF(TorchDistribution):
             validate_args=False,  # the potentials were checked; log Z still is below
             start=self.start,
             end=self.end,
+            allowed=self.allowed,
+            allowed_start=self.allowed_start,
+            allowed_end=self.allowed_end,
         )
         new._check_values = self._check_values
         return new
@@ -220,32 +246,49 @@ class LinearChainCRF(TorchDistribution):
     def _flat_lengths(self) -> torch.Tensor | None:
         return None if self.lengths is None else self.lengths.reshape(-1)
 
-    @lazy_property
-    def _node_potentials(self) -> torch.Tensor:
-        """Unary ``(B, length, C)`` with batch flattened and start/end folded in."""
-        length, num_tags = self.unary.shape[-2:]
-        unary = self.unary.reshape(-1, length, num_tags)
-        if self.end is not None:
+    def _nodes(self, unary: torch.Tensor) -> torch.Tensor:
+        """Node potentials ``(B, length, C)``, batch flattened, start/end and the start/end
+        constraints folded in."""
+        length, num_tags = unary.shape[-2:]
+        unary = unary.reshape(-1, length, num_tags)
+        end, start = self.end, self.start
+        if self.allowed_end is not None:
+            end = _forbid(end, self.allowed_end, unary)
+        if self.allowed_start is not None:
+            start = _forbid(start, self.allowed_start, unary)
+        if end is not None:
             lengths = self._flat_lengths()
             if lengths is None:
-                unary = torch.cat([unary[:, :-1], unary[:, -1:] + self.end], dim=1)
+                unary = torch.cat([unary[:, :-1], unary[:, -1:] + end], dim=1)
             else:
                 last = torch.arange(length, device=unary.device) == (lengths[:, None] - 1)
-                unary = torch.where(last[..., None], unary + self.end, unary)
-        if self.start is not None:
-            unary = torch.cat([unary[:, :1] + self.start, unary[:, 1:]], dim=1)
+                unary = torch.where(last[..., None], unary + end, unary)
+        if start is not None:
+            unary = torch.cat([unary[:, :1] + start, unary[:, 1:]], dim=1)
         return unary
 
     @lazy_property
-    def _potentials(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``init`` ``(B, C)`` and ``edges`` ``(B, length - 1, C, C)`` with batch flattened."""
+    def _transitions(self) -> torch.Tensor:
+        """Transitions ``(C, C)`` or ``(B, length - 1, C, C)`` with the constraints folded in."""
         length, num_tags = self.unary.shape[-2:]
-        unary = self._node_potentials
         transitions = self.transitions
         if transitions.dim() > 2:
             # explicit batch size: -1 is ambiguous for a length-1 chain's (B, 0, C, C)
-            transitions = transitions.reshape(unary.shape[0], length - 1, num_tags, num_tags)
-        return unary[:, 0], transitions + unary[:, 1:, None, :]
+            batch = self.batch_shape.numel()
+            transitions = transitions.reshape(batch, length - 1, num_tags, num_tags)
+        if self.allowed is not None:
+            transitions = _forbid(transitions, self.allowed, transitions)
+        return transitions
+
+    @lazy_property
+    def _chain(self) -> chain.Chain:
+        return chain.Chain(self._nodes(self.unary), self._transitions, self._flat_lengths())
+
+    @property
+    def _potentials(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``init`` ``(B, C)`` and ``edges`` ``(B, length - 1, C, C)`` (batch flattened)."""
+        ch = self._chain
+        return ch.nodes[:, 0], ch.transitions + ch.nodes[:, 1:, None, :]
 
     def _unflatten(self, x: torch.Tensor, event: tuple[int, ...] = ()) -> torch.Tensor:
         return x.reshape(self.batch_shape + event)
@@ -256,65 +299,80 @@ class LinearChainCRF(TorchDistribution):
         params = (self.unary, self.transitions, self.start, self.end)
         return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
 
-    def _constant_graph(self) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.enable_grad():
-            leaf = self._node_potentials.detach().requires_grad_()
-            log_z = chain.crf_log_partition(leaf, self.transitions.detach(), self._flat_lengths())
-        return leaf, log_z
-
     @lazy_property
     def log_partition(self) -> torch.Tensor:
         """Log normaliser ``log Z`` ``(batch,)``, differentiable. Cost O(length · tags²)."""
-        log_z = self._compute_log_partition()
+        if self._requires_grad():
+            log_z = self._chain.log_partition()
+        else:
+            # constants: keep the graph of a detached leaf so that .marginals needs only the
+            # backward pass
+            ch = self._chain
+            with torch.enable_grad():
+                leaf = ch.nodes.detach().requires_grad_()
+                const = chain.Chain.__new__(chain.Chain)
+                const.__dict__.update(ch.__dict__, nodes=leaf, transitions=ch.transitions.detach())
+                log_z = const.log_partition()
+            self._marginal_graph = (leaf, log_z)
+            log_z = log_z.detach()
         self._check_possible(log_z)
-        return log_z
-
-    def _compute_log_partition(self) -> torch.Tensor:
-        if self.transitions.dim() == 2:
-            # shared transitions: factored pass, no (batch, length, C, C) tensor
-            if self._requires_grad():
-                log_z = chain.crf_log_partition(self._node_potentials, self.transitions, self._flat_lengths())
-                return self._unflatten(log_z)
-            # constants: keep the graph of a detached leaf so that .marginals needs only
-            # the backward pass
-            self._marginal_graph = self._constant_graph()
-            return self._unflatten(self._marginal_graph[1].detach())
-        init, edges = self._potentials
-        return self._unflatten(chain.log_partition(edges, self._flat_lengths(), init))
+        return self._unflatten(log_z)
 
     @lazy_property
     def marginals(self) -> torch.Tensor:
         """``p(y_n = c)`` ``(batch, length, tags)`` as the gradient of ``log Z``; zero at
         padding. Differentiable when the potentials require grad."""
         shape = tuple(self.unary.shape[-2:])
-        if self.transitions.dim() == 2 and not self._requires_grad():
+        graph = self.__dict__.pop("_marginal_graph", None)
+        if graph is None and not self._requires_grad():
+            self.log_partition  # noqa: B018 - builds the graph
             graph = self.__dict__.pop("_marginal_graph", None)
-            leaf, log_z = graph if graph is not None else self._constant_graph()
-            self._check_possible(log_z)
-            self.__dict__.setdefault("log_partition", self._unflatten(log_z.detach()))
+        if graph is not None and graph[1].requires_grad:
+            leaf, log_z = graph
             (nodes,) = torch.autograd.grad(log_z.sum(), leaf)
-            return self._unflatten(nodes, shape)
-        init, edges = self._potentials
-        log_z, init_m, edge_m = chain.marginals(edges, self._flat_lengths(), init)
-        self._check_possible(log_z)
-        nodes = torch.cat([init_m.unsqueeze(1), edge_m.sum(-2)], dim=1)
+        else:
+            log_z, nodes, _ = self._chain.marginals()
+            self._check_possible(log_z)
         return self._unflatten(nodes, shape)
 
     @lazy_property
     def argmax(self) -> torch.Tensor:
         """Most probable tag sequence (Viterbi) ``(batch, length)`` long; padding is 0."""
-        if self.transitions.dim() == 2:
-            unary = self._node_potentials.detach()
-            best, path = chain.crf_viterbi(unary, self.transitions.detach(), self._flat_lengths())
-        else:
-            init, edges = self._potentials
-            best, path = chain.viterbi(edges.detach(), self._flat_lengths(), init.detach())
+        best, path = self._chain.viterbi()
         self._check_possible(best)
         return self._unflatten(self._zero_padding(path), (self.unary.shape[-2],))
 
     @property
     def mode(self) -> torch.Tensor:
         return self.argmax
+
+    def topk(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` most probable tag sequences (a k-max semiring with back-pointers).
+
+        :param k: number of sequences, ``k >= 1``.
+        :returns: paths ``(k, batch, length)`` (long, padding 0; best first) and their scores
+            ``(k, batch)`` (equal to :meth:`score` of the paths, so ``log_prob`` is
+            ``scores - log_partition``; ``-inf`` where fewer than ``k`` sequences are
+            possible, the path then being meaningless). Cost O(length · tags² · k log k).
+        """
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        scores, paths = self._chain.topk(k)
+        paths = self._zero_padding(paths.transpose(0, 1))
+        exact = self._chain.score(paths)
+        scores = torch.where(torch.isfinite(scores), exact, scores)
+        length = self.unary.shape[-2]
+        return paths.reshape((k,) + self.batch_shape + (length,)), scores.reshape((k,) + self.batch_shape)
+
+    @lazy_property
+    def max_marginals(self) -> torch.Tensor:
+        """``max_{y: y_n = c} score(y) − max_y score(y)`` ``(batch, length, tags)``: 0 on the
+        Viterbi path, ``<= 0`` elsewhere, ``-inf`` for forbidden tags; 0 at padding."""
+        mm = self._chain.max_marginals()
+        if self.lengths is not None:
+            valid = torch.arange(mm.shape[1], device=mm.device) < self._flat_lengths()[:, None]
+            mm = mm.masked_fill(~valid[..., None], 0.0)
+        return self._unflatten(mm, tuple(self.unary.shape[-2:]))
 
     def _zero_padding(self, path: torch.Tensor) -> torch.Tensor:
         lengths = self._flat_lengths()
@@ -324,25 +382,45 @@ class LinearChainCRF(TorchDistribution):
         return path.masked_fill(~valid, 0)
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
-        """Exact samples ``sample_shape + (batch, length)`` (long) by forward filtering,
-        backward sampling; padding is 0. Cost O(length · tags²) + O(samples · length · tags).
-        """
+        """Exact samples ``sample_shape + (batch, length)`` (long) from the chain's Markov
+        form (backward messages, then forward sampling); padding is 0.
+        Cost O(length · tags²) + O(samples · length · tags)."""
         sample_shape = torch.Size(sample_shape)
         if self._check_values:
             self._check_possible(self.log_partition)
-        init, edges = self._potentials
-        paths = chain.sample(
-            edges.detach(), self._flat_lengths(), init.detach(), max(1, math.prod(sample_shape))
-        )
+        paths = self._chain.sample(max(1, math.prod(sample_shape)))
         paths = self._zero_padding(paths)
         return paths.reshape(sample_shape + self.batch_shape + self.event_shape)
 
     def entropy(self) -> torch.Tensor:
-        """Exact entropy ``(batch,)`` = ``log Z − E[score]``; differentiable."""
+        """Exact entropy ``(batch,)`` as ``H(y_0) + Σ_n E[H(y_{n+1} | y_n)]`` (local
+        conditional entropies: stable at any length and scale); differentiable."""
         if self._check_values:
             self._check_possible(self.log_partition)
-        init, edges = self._potentials
-        return self._unflatten(chain.entropy(edges, self._flat_lengths(), init))
+        return self._unflatten(self._chain.entropy())
+
+    def _check_other(self, other: LinearChainCRF) -> None:
+        if not isinstance(other, LinearChainCRF):
+            raise TypeError(f"other must be a LinearChainCRF, got {type(other).__name__}")
+        if other.batch_shape != self.batch_shape or other.unary.shape[-2:] != self.unary.shape[-2:]:
+            raise ValueError(
+                f"both CRFs must have the same batch shape, length and tags, got "
+                f"{tuple(self.unary.shape)} and {tuple(other.unary.shape)}"
+            )
+        mine = self._chain.lengths
+        if not torch.equal(mine, other._chain.lengths.to(mine.device)):
+            raise ValueError("both CRFs must have the same lengths")
+
+    def cross_entropy(self, other: LinearChainCRF) -> torch.Tensor:
+        """``H(p, q) = −E_p[log q(y)]`` ``(batch,)`` with ``p = self``, ``q = other`` (same
+        shapes and lengths): a sum of local conditional cross-entropies; differentiable."""
+        self._check_other(other)
+        return self._unflatten(self._chain.cross_entropy(other._chain))
+
+    def kl_divergence(self, other: LinearChainCRF) -> torch.Tensor:
+        """``KL(self || other)`` ``(batch,)``; also ``torch.distributions.kl_divergence``."""
+        self._check_other(other)
+        return self._unflatten(self._chain.kl_divergence(other._chain))
 
     def _check_tags(self, tags: torch.Tensor) -> None:
         if not isinstance(tags, torch.Tensor):
@@ -366,52 +444,170 @@ class LinearChainCRF(TorchDistribution):
     def score(self, tags: torch.Tensor) -> torch.Tensor:
         """Unnormalised log potential of ``tags`` ``(..., batch, length)`` → ``(..., batch)``.
 
-        Tags at padding positions are ignored (any value is accepted there).
+        Tags at padding positions are ignored (any value is accepted there); forbidden tags or
+        transitions score ``-inf``.
         """
         self._check_tags(tags)
+        return self._score(self._validated(tags))
+
+    def _validated(self, tags: torch.Tensor, missing_ok: bool = False) -> torch.Tensor:
         length, num_tags = self.unary.shape[-2:]
         tags = tags.to(self.unary.device)
         shape = torch.broadcast_shapes(tags.shape, self.batch_shape + (length,))
         tags = tags.expand(shape)
-        valid = None
-        if self.lengths is not None:
-            pos = torch.arange(length, device=tags.device)
-            valid = pos < self.lengths.unsqueeze(-1)
-            if self._validate_args:
-                in_range = (tags >= 0) & (tags < num_tags)
-                bad = valid & ~in_range
-                if bad.any():
-                    raise ValueError(
-                        f"tags must lie in [0, {num_tags}) at valid positions, got {tags[bad][:5].tolist()}"
-                    )
-            tags = tags.masked_fill(~valid, 0)
-        elif self._validate_args and ((tags < 0) | (tags >= num_tags)).any():
+        if self._validate_args:
             bad = (tags < 0) | (tags >= num_tags)
-            raise ValueError(f"tags must lie in [0, {num_tags}), got {tags[bad][:5].tolist()}")
-        unary = self.unary.expand(shape + (num_tags,)).gather(-1, tags.unsqueeze(-1))
-        unary = unary.squeeze(-1)
-        prev, nxt = tags[..., :-1], tags[..., 1:]
-        if self.transitions.dim() == 2:
-            pair = self.transitions[prev, nxt]
-        else:
-            flat = self.transitions.flatten(-2).expand(shape[:-1] + (length - 1, -1))
-            pair = flat.gather(-1, (prev * num_tags + nxt).unsqueeze(-1)).squeeze(-1)
-        if valid is not None:
-            zero = torch.zeros((), dtype=unary.dtype, device=unary.device)
-            unary = torch.where(valid, unary, zero)
-            pair = torch.where(valid[..., 1:], pair, zero)
-        total = unary.sum(-1) + pair.sum(-1)
-        if self.start is not None:
-            total = total + self.start[tags[..., 0]]
-        if self.end is not None:
-            if self.lengths is None:
-                last = tags[..., -1]
-            else:
-                index = (self.lengths - 1).expand(shape[:-1]).unsqueeze(-1)
-                last = tags.gather(-1, index).squeeze(-1)
-            total = total + self.end[last]
-        return total
+            if missing_ok:
+                bad = bad & (tags != MISSING)
+            if self.lengths is not None:
+                bad = bad & (torch.arange(length, device=tags.device) < self.lengths.unsqueeze(-1))
+            if bad.any():
+                extra = f" (or {MISSING} for an unknown tag)" if missing_ok else ""
+                where = " at valid positions" if self.lengths is not None else ""
+                raise ValueError(
+                    f"tags must lie in [0, {num_tags}){extra}{where}, got {tags[bad][:5].tolist()}"
+                )
+        return tags
+
+    def _score(self, tags: torch.Tensor) -> torch.Tensor:
+        length = self.unary.shape[-2]
+        lead = tags.shape[: tags.dim() - len(self.batch_shape) - 1]
+        flat = tags.reshape(lead + (-1, length)).clamp_min(0)
+        return self._chain.score(flat).reshape(tags.shape[:-1])
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        """``score(value) − log Z`` ``(..., batch)`` for tags ``(..., batch, length)``."""
-        return self.score(value) - self.log_partition
+        """``log p(value)`` ``(..., batch)`` for tags ``(..., batch, length)``:
+        ``score(value) − log Z``.
+
+        Partially labelled sequences: a tag of ``-2`` (:data:`MISSING`) at a position means
+        "unknown" and is marginalised over, i.e. ``log Σ_{y consistent} p(y)`` (the log
+        partition of the chain restricted to the known tags, minus ``log Z``); see
+        :meth:`log_prob_partial` for per-position sets of allowed tags.
+        """
+        self._check_tags(value)
+        tags = self._validated(value, missing_ok=True)
+        if bool((tags == MISSING).any()):
+            num_tags = self.unary.shape[-1]
+            known = torch.nn.functional.one_hot(tags.clamp_min(0), num_tags).bool()
+            allowed = known | (tags == MISSING).unsqueeze(-1)
+            return self.log_prob_partial(allowed)
+        return self._score(tags) - self.log_partition
+
+    def log_prob_partial(self, allowed: torch.Tensor) -> torch.Tensor:
+        """``log p(y_n ∈ allowed[..., n] for all n)`` ``(..., batch)``: the probability of
+        the set of tag sequences with each tag in its allowed set (positions past a
+        sequence's end are ignored).
+
+        :param allowed: bool ``(..., batch, length, tags)``; a row of all ``True`` is an
+            unknown tag, a one-hot row an observed tag.
+        """
+        length, num_tags = self.unary.shape[-2:]
+        if not isinstance(allowed, torch.Tensor) or allowed.dtype != torch.bool:
+            raise TypeError(f"allowed must be a bool tensor, got {getattr(allowed, 'dtype', type(allowed))}")
+        expected = self.batch_shape + (length, num_tags)
+        if allowed.dim() < len(expected) or allowed.shape[-len(expected):] != expected:
+            raise ValueError(
+                f"allowed must have shape (..., {', '.join(map(str, expected))}), got {tuple(allowed.shape)}"
+            )
+        allowed = allowed.to(self.unary.device)
+        lead = allowed.shape[: allowed.dim() - len(expected)]
+        unary = self.unary.masked_fill(~allowed, -math.inf)
+        nodes = self._nodes(unary)  # (S * B, length, C)
+        lengths = self._flat_lengths()
+        transitions = self._transitions
+        reps = max(1, lead.numel())
+        if lengths is not None:
+            lengths = lengths.repeat(reps)
+        if transitions.dim() > 2:
+            transitions = transitions.repeat(reps, 1, 1, 1)
+        restricted = chain.Chain(nodes, transitions, lengths).log_partition()
+        return restricted.reshape(lead + self.batch_shape) - self.log_partition
+
+
+MISSING = -2
+"""The tag value of an unknown (unlabelled) position in :meth:`LinearChainCRF.log_prob`."""
+
+
+def _forbid(potentials: torch.Tensor | None, allowed: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``potentials`` (zeros if ``None``) with ``-inf`` where ``allowed`` is false."""
+    if potentials is None:
+        potentials = torch.zeros(allowed.shape, dtype=like.dtype, device=like.device)
+    return potentials.masked_fill(~allowed.to(potentials.device), -math.inf)
+
+
+@register_kl(LinearChainCRF, LinearChainCRF)
+def _kl_crf_crf(p: LinearChainCRF, q: LinearChainCRF) -> torch.Tensor:
+    return p.kl_divergence(q)
+
+
+class CRFDecoder(torch.nn.Module):
+    """Viterbi decoding as a plain module for deployment: exports with :func:`torch.export.export`
+    (no data-dependent control flow; the exported program is specialised to the example's
+    length, so pad inputs to it and pass ``lengths``).
+
+    :param transitions: ``(tags, tags)`` log potentials ``[from, to]``.
+    :param start: optional ``(tags,)`` log potentials of the first tag.
+    :param end: optional ``(tags,)`` log potentials of the last valid tag.
+    :param allowed: optional bool ``(tags, tags)`` allowed transitions.
+    :param allowed_start: optional bool ``(tags,)`` allowed first tags.
+    :param allowed_end: optional bool ``(tags,)`` allowed last tags.
+
+    ``forward(unary (batch, length, tags), lengths (batch,)) -> (batch, length)`` long paths,
+    0 past each length: the same paths as :attr:`LinearChainCRF.argmax` (up to exact ties).
+
+    >>> import torch
+    >>> trans = torch.randn(3, 3)
+    >>> unary, lengths = torch.randn(2, 6, 3), torch.tensor([6, 4])
+    >>> decoder = CRFDecoder(trans)
+    >>> program = torch.export.export(decoder, (unary, lengths))
+    >>> program.module()(unary, lengths).equal(LinearChainCRF(unary, trans, lengths).argmax)
+    True
+    """
+
+    def __init__(
+        self,
+        transitions: torch.Tensor,
+        start: torch.Tensor | None = None,
+        end: torch.Tensor | None = None,
+        allowed: torch.Tensor | None = None,
+        allowed_start: torch.Tensor | None = None,
+        allowed_end: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        _check_float("transitions", transitions)
+        if transitions.dim() != 2 or transitions.shape[0] != transitions.shape[1]:
+            raise ValueError(f"transitions must have shape (tags, tags), got {tuple(transitions.shape)}")
+        c = transitions.shape[0]
+        zeros = torch.zeros(c, dtype=transitions.dtype, device=transitions.device)
+        low = chain.log_zero(transitions.dtype)
+        parts = {"transitions": (transitions, allowed), "start": (start, allowed_start),
+                 "end": (end, allowed_end)}
+        for name, (value, mask) in parts.items():
+            value = zeros if value is None else value
+            if mask is not None:
+                value = value.masked_fill(~mask.to(value.device), -math.inf)
+            self.register_buffer(name, value.detach().clamp_min(low))
+
+    def forward(self, unary: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        batch, length, c = unary.shape
+        pos = torch.arange(length, device=unary.device)
+        last = (pos == (lengths[:, None] - 1)).to(unary.dtype)
+        nodes = unary.clamp_min(chain.log_zero(unary.dtype)) + last[..., None] * self.end
+        alpha = nodes[:, 0] + self.start
+        keep = torch.arange(c, device=unary.device).expand(batch, c)
+        pointers = []
+        for n in range(1, length):
+            best, ptr = (alpha.unsqueeze(-1) + self.transitions).max(1)
+            new = best + nodes[:, n]
+            new = new - new.amax(-1, keepdim=True)
+            valid = (lengths > n)[:, None]
+            alpha = torch.where(valid, new, alpha)
+            pointers.append(torch.where(valid, ptr, keep))
+        state = alpha.argmax(-1)
+        path = [state]
+        for ptr in reversed(pointers):
+            state = ptr.gather(1, state[:, None])[:, 0]
+            path.append(state)
+        path.reverse()
+        out = torch.stack(path, 1)
+        return torch.where(pos < lengths[:, None], out, torch.zeros_like(out))
