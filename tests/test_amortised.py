@@ -198,9 +198,9 @@ def test_fit_and_predict_an_amortised_sigmoid_belief_net():
     data = DataSplits(Split(x[:150], y[:150]), Split(x[150:], y[150:]), Split(x[:0], y[:0]),
                       "classification", "toy", (4,), 2)
     model = infer.AmortisedModel(models.mlp(4, [16], 2, node="binary"), infer.Categorical(150))
-    history = infer.fit(model, data, infer.TrainConfig(epochs=15, batch_size=50, lr=0.02,
-                                                       progress=False, eval_samples=20))
-    assert history[-1]["loss"] < history[0]["loss"]
+    history = infer.fit(model, data, infer.TrainConfig(epochs=10, batch_size=50, lr=0.02,
+                                                       progress=False, eval_samples=5))
+    assert sum(h["loss"] for h in history[-3:]) / 3 < history[0]["loss"]
     metrics = infer.evaluate(model, x[150:], y[150:], num_samples=50)
     assert metrics["accuracy"] > 0.8
     pred = infer.predict(model, x[150:], num_samples=7)
