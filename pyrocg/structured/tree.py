@@ -737,8 +737,14 @@ class MultiLabelTreeCRF(nn.Module):
         raise ValueError(f"output must have shape {expected}(batch, {num}, {c}), got {tuple(output.shape)}")
 
     def forward(self, output: torch.Tensor, validate_args: bool | None = None) -> TreeCRF:
+        """The :class:`TreeCRF` of network outputs ``(batch, V)`` (logits, ``C = 2``) or
+        ``(batch, V, C)``. Under ``torch.no_grad()`` (prediction) the potentials are
+        detached, so that the distribution's lazy properties record no autograd graph."""
         unary = self.unary(output)
-        return TreeCRF(unary, self.edge_potentials.to(unary.dtype), self.tree, validate_args)
+        edges = self.edge_potentials.to(unary.dtype)
+        if not torch.is_grad_enabled():
+            unary, edges = unary.detach(), edges.detach()
+        return TreeCRF(unary, edges, self.tree, validate_args)
 
 
 class TreeCRFLikelihood(Likelihood):
