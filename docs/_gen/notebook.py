@@ -87,8 +87,20 @@ def run(path: str | Path, cells: list[Cell] | None = None) -> list[Cell]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    import torch
+
     path = Path(path)
     cells = parse(path) if cells is None else cells
+    dtype = torch.get_default_dtype()  # a tutorial may change it; the caller keeps its own
+    try:
+        _run_cells(path, cells, plt)
+    finally:
+        torch.set_default_dtype(dtype)
+        plt.close("all")
+    return cells
+
+
+def _run_cells(path: Path, cells: list[Cell], plt) -> None:
     namespace = {"__name__": "__main__", "__file__": str(path)}
     plt.close("all")
     for cell in cells:
@@ -111,7 +123,6 @@ def run(path: str | Path, cells: list[Cell] | None = None) -> list[Cell]:
             plt.figure(num).savefig(png, format="png", dpi=90, bbox_inches="tight")
             cell.images.append(png.getvalue())
         plt.close("all")
-    return cells
 
 
 def _is_artist(value: object) -> bool:
