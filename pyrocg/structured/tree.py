@@ -309,7 +309,7 @@ def _downward(
 
 def _gumbel_pick(num: int) -> Callable[[torch.Tensor], torch.Tensor]:
     def pick(logits: torch.Tensor) -> torch.Tensor:
-        if logits.dim() < 4 or logits.shape[0] != num:  # the root: add the sample dim
+        if logits.dim() == 3:  # the root (B, 1, C): add the sample dim
             logits = logits.expand((num,) + logits.shape)
         gumbel = -torch.empty_like(logits).exponential_().log()
         return (logits + gumbel).argmax(-1)
