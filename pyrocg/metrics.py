@@ -132,12 +132,9 @@ def predictive_from_samples(log_probs: torch.Tensor) -> torch.Tensor:
     Computes ``p(y | x) = (1/S) sum_s p_s(y | x)`` stably as
     ``exp(logsumexp_s(log p_s) - log S)``.
 
-    Args:
-        log_probs: normalised log class probabilities, shape ``(samples, batch, classes)``
-            (e.g. ``logits.log_softmax(-1)`` for each of ``S`` posterior/MC samples).
-
-    Returns:
-        Probabilities of shape ``(batch, classes)``.
+    :param log_probs: normalised log class probabilities, shape ``(samples, batch, classes)``
+        (e.g. ``logits.log_softmax(-1)`` for each of ``S`` posterior/MC samples).
+    :returns: Probabilities of shape ``(batch, classes)``.
 
     >>> lp = torch.tensor([[[0.9, 0.1]], [[0.5, 0.5]]]).log()  # 2 samples, 1 input
     >>> predictive_from_samples(lp)
@@ -162,9 +159,8 @@ def predictive_from_samples(log_probs: torch.Tensor) -> torch.Tensor:
 def accuracy(probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Fraction of examples whose most probable class equals the label.
 
-    Args:
-        probs: class probabilities, shape ``(batch, classes)``.
-        y: integer labels, shape ``(batch,)``.
+    :param probs: class probabilities, shape ``(batch, classes)``.
+    :param y: integer labels, shape ``(batch,)``.
 
     >>> probs = torch.tensor([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
     >>> accuracy(probs, torch.tensor([0, 1, 1]))
@@ -177,12 +173,11 @@ def accuracy(probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def nll(probs: torch.Tensor, y: torch.Tensor, eps: float | None = None) -> torch.Tensor:
     """Mean negative log predictive probability of the true class (natural log).
 
-    Args:
-        probs: class probabilities, shape ``(batch, classes)``.
-        y: integer labels, shape ``(batch,)``.
-        eps: probabilities are clamped to ``>= eps`` so a zero gives a large finite
-            loss instead of ``inf``; default ``torch.finfo(probs.dtype).eps``
-            (the same clipping as ``sklearn.metrics.log_loss``).
+    :param probs: class probabilities, shape ``(batch, classes)``.
+    :param y: integer labels, shape ``(batch,)``.
+    :param eps: probabilities are clamped to ``>= eps`` so a zero gives a large finite
+        loss instead of ``inf``; default ``torch.finfo(probs.dtype).eps``
+        (the same clipping as ``sklearn.metrics.log_loss``).
 
     >>> probs = torch.tensor([[0.5, 0.5], [0.1, 0.9]])
     >>> round(float(nll(probs, torch.tensor([0, 1]))), 4)  # -(ln 0.5 + ln 0.9) / 2
@@ -200,9 +195,8 @@ def brier(probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     Ranges over ``[0, 2]``. For two classes it is twice scikit-learn's binary
     ``brier_score_loss`` (which scores the positive class only).
 
-    Args:
-        probs: class probabilities, shape ``(batch, classes)``.
-        y: integer labels, shape ``(batch,)``.
+    :param probs: class probabilities, shape ``(batch, classes)``.
+    :param y: integer labels, shape ``(batch,)``.
 
     >>> probs = torch.tensor([[0.8, 0.2], [0.3, 0.7]])
     >>> round(float(brier(probs, torch.tensor([0, 0]))), 4)  # (0.08 + 0.98) / 2
@@ -267,10 +261,9 @@ def expected_calibration_error(probs: torch.Tensor, y: torch.Tensor, n_bins: int
     ``ECE = sum_b (n_b / N) |accuracy_b - mean confidence_b|`` over the bins of
     :func:`calibration_bins` (right-closed, ``(i/n, (i+1)/n]``).
 
-    Args:
-        probs: class probabilities, shape ``(batch, classes)``.
-        y: integer labels, shape ``(batch,)``.
-        n_bins: number of bins, ``>= 1``.
+    :param probs: class probabilities, shape ``(batch, classes)``.
+    :param y: integer labels, shape ``(batch,)``.
+    :param n_bins: number of bins, ``>= 1``.
 
     >>> probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.4, 0.6]])
     >>> # the 0.9s share a bin (accuracy 1/2), so do the 0.6s: (2 * 0.4 + 2 * 0.1) / 4
@@ -438,10 +431,9 @@ def classification_metrics(probs: torch.Tensor, y: torch.Tensor, n_bins: int = 1
 def rmse(mean: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Root mean squared error over all elements.
 
-    Args:
-        mean: predictions (e.g. predictive mean), same shape as ``y``: ``(batch,)``
-            or ``(batch, outputs)``.
-        y: targets.
+    :param mean: predictions (e.g. predictive mean), same shape as ``y``: ``(batch,)``
+        or ``(batch, outputs)``.
+    :param y: targets.
 
     >>> rmse(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 2.0, 5.0]))
     tensor(1.1547)
@@ -458,10 +450,9 @@ def gaussian_nll(mean: torch.Tensor, var: torch.Tensor, y: torch.Tensor) -> torc
 
     ``0.5 * (log(2 pi var) + (y - mean)^2 / var)`` averaged over all elements, in nats.
 
-    Args:
-        mean: predictive mean, same shape as ``y``.
-        var: predictive variance (> 0), same shape as ``y``.
-        y: targets, shape ``(batch,)`` or ``(batch, outputs)``.
+    :param mean: predictive mean, same shape as ``y``.
+    :param var: predictive variance (> 0), same shape as ``y``.
+    :param y: targets, shape ``(batch,)`` or ``(batch, outputs)``.
 
     >>> m, v, y = torch.zeros(2), torch.ones(2), torch.tensor([0.0, 2.0])
     >>> round(float(gaussian_nll(m, v, y)), 4)  # 0.5 ln(2 pi) + (0 + 4) / 4
@@ -487,11 +478,10 @@ def mc_gaussian_log_likelihood(samples: torch.Tensor, y: torch.Tensor, tau: floa
     the log of the mixture ``(1/T) sum_t N(y; yhat_t, 1/tau)``. Give ``samples``, ``y`` and
     ``tau`` on the same (original) target scale. Cost ``O(T batch)``.
 
-    Args:
-        samples: per-pass predictions ``yhat_t``, shape ``(T, *y.shape)``.
-        y: targets, shape ``(batch,)`` (or ``(batch, outputs)``).
-        tau: model precision, > 0.
-        reduce: average over the data (their ``test_ll``); ``False`` returns ``y.shape``.
+    :param samples: per-pass predictions ``yhat_t``, shape ``(T, *y.shape)``.
+    :param y: targets, shape ``(batch,)`` (or ``(batch, outputs)``).
+    :param tau: model precision, > 0.
+    :param reduce: average over the data (their ``test_ll``); ``False`` returns ``y.shape``.
 
     >>> s = torch.tensor([[0.0, 1.0], [2.0, 1.0]])  # T=2 passes, 2 data
     >>> ll = mc_gaussian_log_likelihood(s, torch.tensor([1.0, 1.0]), tau=1.0, reduce=False)

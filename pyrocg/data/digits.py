@@ -23,15 +23,13 @@ def load_digits(
     Pixels (0..16) are scaled to ``[0, 1]``. Needs scikit-learn, which ships the
     data inside the package (no download).
 
-    Args:
-        device: device of the returned tensors.
-        val_fraction, test_fraction: held-out fractions (sizes are rounded).
-        seed: seed of the split; the same seed always gives the same split.
-        flatten: ``x`` of shape ``(n, 64)`` if true, else ``(n, 1, 8, 8)``.
-        dtype: floating dtype of ``x``; labels are int64.
-
-    Returns:
-        :class:`DataSplits` with ``num_classes=10``.
+    :param device: device of the returned tensors.
+    :param val_fraction: held-out validation fraction (sizes are rounded).
+    :param test_fraction: held-out test fraction.
+    :param seed: seed of the split; the same seed always gives the same split.
+    :param flatten: ``x`` of shape ``(n, 64)`` if true, else ``(n, 1, 8, 8)``.
+    :param dtype: floating dtype of ``x``; labels are int64.
+    :returns: :class:`DataSplits` with ``num_classes=10``.
 
     >>> d = load_digits()
     >>> len(d.train), len(d.val), len(d.test), d.input_shape, d.num_classes

@@ -97,21 +97,18 @@ def load_fashion_mnist(
     official 60,000-image training set; the official 10,000-image test set is the
     test split. Pixels are scaled to ``[0, 1]``.
 
-    Args:
-        data_dir: directory with ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
-            ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte`` (each optionally
-            ``.gz``). Default: :data:`DEFAULT_FASHION_MNIST_DIR`.
-        device: device of the returned tensors.
-        val_size: number of training images held out for validation (may be 0).
-        flatten: ``x`` of shape ``(n, 784)`` if true, else ``(n, 1, 28, 28)``.
-        limit: keep only a seeded random ``limit`` rows of the (post-validation)
-            training split, for quick runs; val and test are unchanged.
-        seed: seed of the validation split and of ``limit``'s subsample.
-        dtype: floating dtype of ``x``; labels are int64.
-
-    Raises:
-        FileNotFoundError: if a file is missing (the message says how to get them).
-        ValueError: on a corrupt or truncated file, or bad ``val_size``/``limit``.
+    :param data_dir: directory with ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+        ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte`` (each optionally
+        ``.gz``). Default: :data:`DEFAULT_FASHION_MNIST_DIR`.
+    :param device: device of the returned tensors.
+    :param val_size: number of training images held out for validation (may be 0).
+    :param flatten: ``x`` of shape ``(n, 784)`` if true, else ``(n, 1, 28, 28)``.
+    :param limit: keep only a seeded random ``limit`` rows of the (post-validation)
+        training split, for quick runs; val and test are unchanged.
+    :param seed: seed of the validation split and of ``limit``'s subsample.
+    :param dtype: floating dtype of ``x``; labels are int64.
+    :raises FileNotFoundError: if a file is missing (the message says how to get them).
+    :raises ValueError: on a corrupt or truncated file, or bad ``val_size``/``limit``.
     """
     device = check_device(device)
     data_dir = DEFAULT_FASHION_MNIST_DIR if data_dir is None else Path(data_dir)

@@ -43,17 +43,12 @@ def _read_bytes(path: Path) -> bytes:
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an IDX file (optionally gzip-compressed) into a native-endian array.
 
-    Args:
-        path: file to read.
-
-    Returns:
-        Array with the shape stored in the header and the native-endian
+    :param path: file to read.
+    :returns: Array with the shape stored in the header and the native-endian
         version of the stored dtype (e.g. ``uint8`` for Fashion-MNIST images).
-
-    Raises:
-        FileNotFoundError: if ``path`` does not exist.
-        ValueError: on a bad magic number, unknown type code, or a data section
-            whose length does not match the header (truncated or padded file).
+    :raises FileNotFoundError: if ``path`` does not exist.
+    :raises ValueError: on a bad magic number, unknown type code, or a data section
+        whose length does not match the header (truncated or padded file).
 
     >>> import tempfile, os
     >>> d = tempfile.mkdtemp()
@@ -99,13 +94,10 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
 def write_idx(path: str | os.PathLike[str], array: np.ndarray) -> None:
     """Write ``array`` as an IDX file; gzip-compressed when ``path`` ends in ``.gz``.
 
-    Args:
-        path: destination file.
-        array: array of dtype uint8, int8, int16, int32, float32 or float64, ndim >= 1.
-
-    Raises:
-        TypeError: if the dtype has no IDX type code.
-        ValueError: if ``array`` is 0-dimensional or has more than 255 dimensions.
+    :param path: destination file.
+    :param array: array of dtype uint8, int8, int16, int32, float32 or float64, ndim >= 1.
+    :raises TypeError: if the dtype has no IDX type code.
+    :raises ValueError: if ``array`` is 0-dimensional or has more than 255 dimensions.
     """
     array = np.asarray(array)
     codes = {dt.newbyteorder("="): c for c, dt in IDX_DTYPES.items()}

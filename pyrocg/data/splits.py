@@ -65,18 +65,21 @@ class Split:
 class DataSplits:
     """Train / validation / test splits of one data set plus the metadata models need.
 
-    Attributes:
-        train, val, test: the three splits (``val`` or ``test`` may have 0 rows).
-        task: ``"classification"`` or ``"regression"``.
-        name: data set name, e.g. ``"digits"``.
-        input_shape: shape of one input, e.g. ``(64,)`` or ``(1, 28, 28)``.
-        num_classes: number of classes (``None`` for regression).
-        class_names: original label of each class index (``None`` for regression).
-        target_mean, target_std: training-split statistics used to standardise a
-            regression target (``None`` for classification); see :meth:`unstandardize_target`.
-        feature_mean, feature_std: training-split statistics used to standardise
-            tabular features, shape ``input_shape`` (``None`` when not standardised).
-        feature_names: column names of tabular features (``None`` when unknown).
+    :ivar train: the training split.
+    :ivar val: the validation split (may have 0 rows).
+    :ivar test: the test split (may have 0 rows).
+    :ivar task: ``"classification"`` or ``"regression"``.
+    :ivar name: data set name, e.g. ``"digits"``.
+    :ivar input_shape: shape of one input, e.g. ``(64,)`` or ``(1, 28, 28)``.
+    :ivar num_classes: number of classes (``None`` for regression).
+    :ivar class_names: original label of each class index (``None`` for regression).
+    :ivar target_mean: training-split mean used to standardise a regression target
+        (``None`` for classification); see :meth:`unstandardize_target`.
+    :ivar target_std: training-split standard deviation of that target.
+    :ivar feature_mean: training-split mean used to standardise tabular features, shape
+        ``input_shape`` (``None`` when not standardised).
+    :ivar feature_std: training-split standard deviation of those features.
+    :ivar feature_names: column names of tabular features (``None`` when unknown).
     """
 
     train: Split
@@ -229,14 +232,12 @@ def split_indices(
     ``stratify`` each class is split in the same proportions (largest-remainder
     rounding) and every class keeps at least one training row.
 
-    Args:
-        n: number of rows.
-        val_fraction, test_fraction: fractions in ``[0, 1)`` with sum < 1.
-        seed: seed of the numpy generator that shuffles the rows.
-        stratify: optional class label per row, shape ``(n,)``.
-
-    Returns:
-        ``(train_idx, val_idx, test_idx)``, each sorted ascending.
+    :param n: number of rows.
+    :param val_fraction: validation fraction in ``[0, 1)``.
+    :param test_fraction: test fraction in ``[0, 1)``; ``val_fraction + test_fraction < 1``.
+    :param seed: seed of the numpy generator that shuffles the rows.
+    :param stratify: optional class label per row, shape ``(n,)``.
+    :returns: ``(train_idx, val_idx, test_idx)``, each sorted ascending.
 
     >>> tr, va, te = split_indices(10, 0.2, 0.3, seed=0)
     >>> len(tr), len(va), len(te)
@@ -351,17 +352,14 @@ def batches(
 ) -> Batches:
     """Mini-batches ``(x[idx], y[idx])`` of at most ``batch_size`` rows.
 
-    Args:
-        x: inputs, shape ``(n, ...)``.
-        y: targets, shape ``(n, ...)``, on the same device as ``x``.
-        batch_size: rows per batch (the last one may be smaller unless ``drop_last``).
-        shuffle: draw a new random order on every iteration.
-        generator: source of randomness for the shuffle (any device); ``None``
-            uses torch's global RNG.
-        drop_last: skip a final incomplete batch.
-
-    Returns:
-        A re-iterable :class:`Batches` with ``len()`` = number of batches.
+    :param x: inputs, shape ``(n, ...)``.
+    :param y: targets, shape ``(n, ...)``, on the same device as ``x``.
+    :param batch_size: rows per batch (the last one may be smaller unless ``drop_last``).
+    :param shuffle: draw a new random order on every iteration.
+    :param generator: source of randomness for the shuffle (any device); ``None``
+        uses torch's global RNG.
+    :param drop_last: skip a final incomplete batch.
+    :returns: A re-iterable :class:`Batches` with ``len()`` = number of batches.
 
     >>> x, y = torch.arange(10.0).unsqueeze(1), torch.arange(10)
     >>> [yb.tolist() for _, yb in batches(x, y, 4, shuffle=False)]

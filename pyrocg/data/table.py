@@ -178,32 +178,31 @@ def load_table(
     val and test so no held-out information leaks into training. Class labels are
     mapped to ``0..K-1`` in sorted order; ``class_names`` keeps the original labels.
 
-    Args:
-        path: ``.csv`` (comma-separated) or whitespace-separated text file. Blank
-            lines and lines starting with ``#`` are skipped.
-        target: column name (needs a header) or index (negative counts from the end).
-        task: ``"auto"`` picks classification when the target is non-numeric, or is
-            integer-valued with at most 20 distinct values; regression otherwise.
-        delimiter: field separator; ``None``: ``","`` for ``.csv`` files, else whitespace.
-        header: whether the first row holds column names; ``None`` detects it.
-        val_fraction, test_fraction: held-out fractions (stratified for classification).
-        seed: seed of the split.
-        device: device of the returned tensors.
-        standardize: standardise features and regression target (train statistics).
-        dtype: floating dtype of ``x`` (and of a regression ``y``).
+    :param path: ``.csv`` (comma-separated) or whitespace-separated text file. Blank
+        lines and lines starting with ``#`` are skipped.
+    :param target: column name (needs a header) or index (negative counts from the end).
+    :param task: ``"auto"`` picks classification when the target is non-numeric, or is
+        integer-valued with at most 20 distinct values; regression otherwise.
+    :param delimiter: field separator; ``None``: ``","`` for ``.csv`` files, else whitespace.
+    :param header: whether the first row holds column names; ``None`` detects it.
+    :param val_fraction: held-out validation fraction (stratified for classification).
+    :param test_fraction: held-out test fraction (stratified for classification).
+    :param seed: seed of the split.
+    :param device: device of the returned tensors.
+    :param standardize: standardise features and regression target (train statistics).
+    :param dtype: floating dtype of ``x`` (and of a regression ``y``).
 
     Standardisation runs in float64 on columns first divided by their largest absolute
     value, so values up to float64's range (e.g. ``1e300``) give finite results; statistics
     that ``dtype`` cannot hold are kept in float64. Values that ``dtype`` would turn into inf
     or 0 (``standardize=False``) are an error naming the column.
 
-    Raises:
-        FileNotFoundError: if ``path`` does not exist.
-        ValueError: every message names the file, and the line where there is one: a
-            directory, a binary or non-UTF-8 file, an empty table, ragged rows, duplicate
-            column names (or a target name used twice), a missing target column, non-numeric
-            or non-finite values, values ``dtype`` cannot represent, a class with fewer than 2
-            rows while held-out fractions are non-zero, or a ``device`` this machine lacks.
+    :raises FileNotFoundError: if ``path`` does not exist.
+    :raises ValueError: every message names the file, and the line where there is one: a
+        directory, a binary or non-UTF-8 file, an empty table, ragged rows, duplicate
+        column names (or a target name used twice), a missing target column, non-numeric
+        or non-finite values, values ``dtype`` cannot represent, a class with fewer than 2
+        rows while held-out fractions are non-zero, or a ``device`` this machine lacks.
     """
     path = Path(path)
     device = check_device(device)
