@@ -12,7 +12,8 @@ TUTORIALS = sorted((ROOT / "tutorials").glob("[0-9]*.py"))
 
 
 def _notebook():
-    spec = importlib.util.spec_from_file_location("pyrocg_docs_notebook", ROOT / "docs" / "_gen" / "notebook.py")
+    path = ROOT / "docs" / "_gen" / "notebook.py"
+    spec = importlib.util.spec_from_file_location("pyrocg_docs_notebook", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)

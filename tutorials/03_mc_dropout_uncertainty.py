@@ -9,6 +9,7 @@
 
 # %%
 import os
+import warnings
 
 import matplotlib.pyplot as plt
 import torch
@@ -69,9 +70,6 @@ assert mi["feedforward"].abs().max() < 1e-5 and mi["mc-dropout"].mean() > 1e-3
 # may warn about some data; the warnings are printed, not hidden.
 
 # %%
-import warnings
-
-
 def show_warnings(caught):
     for w in {str(w.message).split(". ")[0] for w in caught if w.category is UserWarning}:
         print("ArviZ warned:", w)

@@ -7,11 +7,13 @@
 # the learned transitions recover the grammar.
 
 # %%
+import itertools
 import os
 
 import torch
 
-from pyrocg import infer, layers, models, tasks
+from pyrocg import handlers, infer, layers, models, tasks
+from pyrocg.structured import LinearChainCRF
 
 QUICK = os.environ.get("PYROCG_QUICK") == "1"
 data = tasks.digit_sequences(n_train=100 if QUICK else 600, n_test=50 if QUICK else 300)
@@ -47,11 +49,66 @@ assert results["chain CRF"]["token_accuracy"] > results["independent"]["token_ac
 # %% [markdown]
 # ## The learned transitions recover the grammar
 #
-# The labels mostly go `d → d+1 (mod 10)`: the largest entry of row `d` of the learned
-# transition matrix should be `d + 1`.
+# The labels mostly go `d → d+1 (mod 10)`, otherwise to any *other* digit: the largest
+# entry of row `d` of the learned transition matrix should be `d + 1`.
 
 # %%
 best_next = crf.transitions.argmax(-1)
 print("argmax of each transition row:", best_next.tolist())
 hits = (best_next == (torch.arange(10) + 1) % 10).sum().item()
 assert hits >= 8
+
+# %% [markdown]
+# ## k-best decoding
+#
+# The CRF is a distribution over whole sequences. Besides the Viterbi path (`argmax`),
+# `topk(k)` returns the `k` most probable sequences and their scores, by a k-max semiring
+# over the same chain programme. We take the unary potentials of the trained CNN on the test
+# sequences (feed-forward mode) and check the k-best list against brute force on a
+# 4-position window, where all `10^4` sequences can be enumerated.
+
+# %%
+x_test, y_test = data.test.x, data.test.y
+with torch.no_grad(), handlers.feedforward():
+    unary = cnn(x_test.flatten(0, 1)).view(*y_test.shape, 10)        # (batch, length, tags)
+dist = crf(unary.detach())                                           # all test sequences
+first = crf(unary[:5].detach())                                      # the first five of them
+paths, scores = first.topk(5)                                        # (k, batch, length), (k, batch)
+assert torch.equal(paths[0], first.argmax)                           # best = Viterbi
+assert (scores[:-1] >= scores[1:]).all()                             # sorted, best first
+assert torch.allclose(scores, first.score(paths), atol=1e-4)
+probs = (scores - first.log_partition).exp()
+print("probabilities of the 5 best sequences of test item 0:", [f"{p:.2e}" for p in probs[:, 0].tolist()])
+
+window = LinearChainCRF(unary[:5, :4], crf.transitions.detach(), start=crf.start.detach(),
+                        end=crf.end.detach())
+every = torch.tensor(list(itertools.product(range(10), repeat=4)))     # (10**4, 4)
+brute = window.score(every[:, None, :].expand(-1, 5, -1))               # (10**4, batch)
+best_scores, _ = brute.topk(5, dim=0)
+assert torch.allclose(window.topk(5)[1], best_scores, atol=1e-4)
+print("top-5 scores on the window equal brute force over all 10^4 sequences")
+
+# %% [markdown]
+# ## Decoding with constraints
+#
+# We know something the CRF only learned softly: a digit is never followed by itself (a
+# jump goes to *another* digit). `allowed` transitions turn that into a hard constraint:
+# forbidden transitions get potential `-inf`, in `log Z`, marginals, samples, Viterbi and
+# k-best alike.
+
+# %%
+allowed = ~torch.eye(10, dtype=torch.bool)
+constrained = LinearChainCRF(unary.detach(), crf.transitions.detach(), start=crf.start.detach(),
+                             end=crf.end.detach(), allowed=allowed)
+for name, d in (("unconstrained", dist), ("no repeats", constrained)):
+    path = d.argmax
+    repeats = (path[:, 1:] == path[:, :-1]).sum().item()
+    acc = (path == y_test).float().mean().item()
+    print(f"{name:14s} Viterbi: {repeats} repeated digits, token accuracy {acc:.3f}")
+cpaths, cscores = LinearChainCRF(unary[:3].detach(), crf.transitions.detach(), start=crf.start.detach(),
+                                 end=crf.end.detach(), allowed=allowed).topk(3)
+assert not (cpaths[..., 1:] == cpaths[..., :-1]).any()                   # no k-best path repeats
+samples = constrained.sample((20,))                                      # exact samples, (20, batch, length)
+assert not (samples[..., 1:] == samples[..., :-1]).any()
+assert (constrained.score(constrained.argmax) <= dist.score(dist.argmax) + 1e-5).all()  # max over a subset
+assert torch.allclose(constrained.marginals.sum(-1), torch.ones(y_test.shape))

@@ -86,7 +86,6 @@ def run(path: str | Path, cells: list[Cell] | None = None) -> list[Cell]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     import torch
 
     path = Path(path)
