@@ -246,7 +246,7 @@ class LinearChainCRF(TorchDistribution):
     def _flat_lengths(self) -> torch.Tensor | None:
         return None if self.lengths is None else self.lengths.reshape(-1)
 
-    def _nodes(self, unary: torch.Tensor) -> torch.Tensor:
+    def _nodes(self, unary: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Node potentials ``(B, length, C)``, batch flattened, start/end and the start/end
         constraints folded in."""
         length, num_tags = unary.shape[-2:]
@@ -257,7 +257,7 @@ class LinearChainCRF(TorchDistribution):
         if self.allowed_start is not None:
             start = _forbid(start, self.allowed_start, unary)
         if end is not None:
-            lengths = self._flat_lengths()
+            lengths = self._flat_lengths() if lengths is None else lengths
             if lengths is None:
                 unary = torch.cat([unary[:, :-1], unary[:, -1:] + end], dim=1)
             else:
@@ -360,6 +360,7 @@ class LinearChainCRF(TorchDistribution):
         scores, paths = self._chain.topk(k)
         paths = self._zero_padding(paths.transpose(0, 1))
         exact = self._chain.score(paths)
+        scores = scores.T
         scores = torch.where(torch.isfinite(scores), exact, scores)
         length = self.unary.shape[-2]
         return paths.reshape((k,) + self.batch_shape + (length,)), scores.reshape((k,) + self.batch_shape)
@@ -512,12 +513,12 @@ class LinearChainCRF(TorchDistribution):
         allowed = allowed.to(self.unary.device)
         lead = allowed.shape[: allowed.dim() - len(expected)]
         unary = self.unary.masked_fill(~allowed, -math.inf)
-        nodes = self._nodes(unary)  # (S * B, length, C)
         lengths = self._flat_lengths()
         transitions = self._transitions
         reps = max(1, lead.numel())
         if lengths is not None:
             lengths = lengths.repeat(reps)
+        nodes = self._nodes(unary, lengths)  # (S * B, length, C)
         if transitions.dim() > 2:
             transitions = transitions.repeat(reps, 1, 1, 1)
         restricted = chain.Chain(nodes, transitions, lengths).log_partition()
