@@ -122,6 +122,8 @@ MODES = {
     "mc-dropout": modes.MCDropout(),
     "bayes": modes.BayesianWeights(),
     "bayes-lrt": modes.BayesianWeights(local_reparam=True),
+    "pcff-learned": modes.LearnedPCFF(),
+    "dropout-learned": modes.LearnedDropout(),
 }
 DROPOUT_ERROR = r"needs dropout nodes, but this network has no pyrocg.layers.Dropout.*dropout=0.2"
 NODES_ERROR = r"samples node sites, but this network has none.*use FeedForward"
@@ -137,6 +139,10 @@ MISFITS = {
     ("pcff", "linear"): "PCFF " + NODES_ERROR,
     ("pcff-sampling", "linear"): "AncestralSampling " + NODES_ERROR,
     ("bayes-lrt", "indrnn"): LRT_ERROR,
+    ("pcff-learned", "linear"): "LearnedPCFF " + NODES_ERROR,
+} | {
+    ("dropout-learned", b): ("LearnedDropout " + DROPOUT_ERROR) for b in (
+        "mlp", "cnn", "resnet20", "linear", "indrnn")
 }
 
 

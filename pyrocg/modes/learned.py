@@ -346,17 +346,25 @@ class _LearnedMode(Mode):
 
     def weight_model(self, net: nn.Module, prior: GaussianPrior | None,
                      guide: nn.Module) -> WeightDraw:
+        if not guide.initialized:
+            raise ValueError(f"{type(self).__name__}: the learned rates are created on a first "
+                             "batch; run the guide first (as SVI does) or call "
+                             "model.initialize(x, y)")
         if prior is not None:
             pyro.factor("weight_prior", prior.log_prob(net))
         pyro.factor("rates_kl", -guide.kl(prior, self.prior_rate))
         return LearnedDraw(rates=guide)
 
     def closed_form_weights(self, net: nn.Module, prior: GaussianPrior | None,
-                            guide: nn.Module) -> tuple[WeightDraw, torch.Tensor]:
+                            guide: nn.Module) -> tuple[WeightDraw, torch.Tensor] | None:
+        if not guide.initialized:
+            return None  # Pyro's path: the guide runs first and creates the rates
         log_prior = 0.0 if prior is None else prior.log_prob(net)
         return LearnedDraw(rates=guide), log_prior - guide.kl(prior, self.prior_rate)
 
     def predict_weights(self, net: nn.Module, guide: nn.Module, *args: Any) -> WeightDraw:
+        if not guide.initialized and args:
+            guide.initialize(args[0])  # predicting before training: the initial rates
         return LearnedDraw(rates=guide)
 
 
