@@ -51,7 +51,20 @@ _STEP_ASIDE = object()
 
 
 def node_of(fn) -> CGNode:
-    """The node distribution inside a site's (possibly ``to_event``/masked/expanded) ``fn``."""
+    """The node distribution inside a site's (possibly ``to_event``/masked/expanded) ``fn``.
+
+    :param fn: a site's distribution, e.g. ``trace.nodes[name]["fn"]``.
+    :returns: the :class:`~pyrocg.nodes.CGNode` (batch shape ``(batch,)``, the units as event
+        dimensions once unwrapped: ``node_of(fn).feedforward`` has the site value's shape).
+
+    >>> import pyro, torch
+    >>> from pyrocg import models
+    >>> with pyro.poutine.trace() as tr:
+    ...     _ = models.mlp(4, [8], 3)(torch.randn(5, 4))
+    >>> node = node_of(tr.trace.nodes["hidden1"]["fn"])
+    >>> type(node).__name__, tuple(node.feedforward.shape)  # (batch, units)
+    ('ReLUNode', (5, 8))
+    """
     while not isinstance(fn, CGNode):
         fn = fn.base_dist
     return fn
@@ -147,7 +160,26 @@ def _value(action, node: CGNode) -> torch.Tensor:
 
 
 class CGMessenger(Messenger):
-    """Base class of the mode handlers; subclasses implement :meth:`choose`."""
+    """Base class of the mode handlers; subclasses implement :meth:`choose`.
+
+    A mode handler sees every chain-graph site (node and dropout sites, told apart by their
+    role), asks :meth:`choose` what to do, and gives the site its value as an observed,
+    masked site (no log-density, as ``pyro.deterministic`` does). Observed sites, sites with a
+    value from ``replay``/``condition`` or a guide, enumerated sites and plate subsample sites
+    are left to Pyro. A new mode is a subclass with a :meth:`choose`:
+
+    >>> import torch
+    >>> from pyrocg import handlers, models
+    >>> from pyrocg.handlers.base import FEEDFORWARD, SAMPLE
+    >>> class SampleFirstLayer(handlers.CGMessenger):
+    ...     def choose(self, name, role):
+    ...         return SAMPLE if name == "hidden1" else FEEDFORWARD
+    >>> net = models.mlp(4, [8, 8], 3)
+    >>> with SampleFirstLayer():
+    ...     out = net(torch.randn(5, 4))  # (batch, classes)
+    >>> out.shape
+    torch.Size([5, 3])
+    """
 
     #: Name of the generated functional wrapper (:mod:`pyrocg.handlers`).
     handler_name: str = ""

@@ -30,6 +30,23 @@ class PCFFMessenger(CGMessenger):
     :param default: rate of sites that match no pattern of a mapping.
     :param sample_dropout: sample dropout nodes (standard dropout training on top of PCFF);
         by default they are marginalised, so ``pcff(0)`` equals ``feedforward()``.
+
+    Input ``(*sample, batch, features)``; each element of each node site is decided
+    independently.
+
+    >>> import pyro, torch
+    >>> from pyrocg import handlers, models
+    >>> net = models.mlp(4, [8], 3)
+    >>> x = torch.randn(5, 4)
+    >>> with handlers.feedforward():
+    ...     ff = net(x)
+    >>> with handlers.pcff(0.0):  # rate 0 is the feed-forward network
+    ...     torch.equal(net(x), ff)
+    True
+    >>> with pyro.poutine.trace() as tr, handlers.pcff({"hidden1": 1.0}):
+    ...     out = net(x)  # every hidden1 element sampled, (batch, classes)
+    >>> tr.trace.nodes["hidden1"]["is_observed"]  # chosen by the handler: no log-density
+    True
     """
 
     handler_name = "pcff"
