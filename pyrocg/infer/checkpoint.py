@@ -100,6 +100,14 @@ def rng_state() -> dict[str, Any]:
     become ``int64`` tensors, so the result loads with ``torch.load(weights_only=True)``.
 
     :returns: ``{"torch": ByteTensor, "numpy": {...}, "python": {...}[, "cuda": [...]]}``.
+
+    >>> import torch
+    >>> from pyrocg.infer.checkpoint import rng_state, set_rng_state
+    >>> state = rng_state()
+    >>> a = torch.rand(2)
+    >>> set_rng_state(state)
+    >>> torch.equal(torch.rand(2), a)
+    True
     """
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     version, internal, gauss_next = random.getstate()
@@ -153,6 +161,13 @@ def check_checkpoint_payload(obj: object, where: str = "payload") -> None:
     :param obj: a payload (or part of one, such as the ``meta`` dict given to ``fit``).
     :param where: its name in the message.
     :raises TypeError: naming the first offending entry, e.g. ``meta['path']``.
+
+    >>> from pyrocg.infer.checkpoint import check_checkpoint_payload
+    >>> check_checkpoint_payload({"spec": {"model": "mlp", "epochs": [1, 2]}})
+    >>> check_checkpoint_payload({"fn": print})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    TypeError: ...
     """
     kind = type(obj)
     if kind in _PLAIN or kind in _TENSORS:
@@ -208,6 +223,13 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     :param path: the checkpoint file.
     :param payload: a dict of tensors and plain values (see :func:`check_checkpoint_payload`).
     :raises TypeError: if the payload holds anything else (nothing is written).
+
+    >>> import os, tempfile, torch
+    >>> from pyrocg.infer import load_checkpoint, save_checkpoint
+    >>> path = os.path.join(tempfile.mkdtemp(), "ck.pt")
+    >>> save_checkpoint(path, {"epoch": 3, "weights": {"w": torch.ones(2)}})
+    >>> load_checkpoint(path)["epoch"]
+    3
     """
     if type(payload) not in _MAPPINGS:
         raise TypeError(f"payload must be a dict, got {type(payload).__name__}")
@@ -262,6 +284,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = None) -> dict[s
     :raises FileNotFoundError: if ``path`` does not exist.
     :raises CheckpointError: (a :class:`ValueError`) if ``path`` is a directory or not a
         pyrocg checkpoint of this :data:`FORMAT`; the message names the file and the reason.
+
+    >>> import pathlib, tempfile
+    >>> from pyrocg.infer import load_checkpoint
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "notes.txt"
+    >>> _ = path.write_text("not a checkpoint")
+    >>> load_checkpoint(path)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    pyrocg.infer.checkpoint.CheckpointError: ...
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
@@ -337,6 +368,16 @@ class CheckpointLock:
     :param path: the checkpoint path (the file need not exist).
 
     A lock on another host (shared file system) is never taken over: its PID cannot be checked.
+
+    >>> import os, tempfile
+    >>> from pyrocg.infer.checkpoint import CheckpointLock, CheckpointLockedError
+    >>> path = os.path.join(tempfile.mkdtemp(), "run.pt")
+    >>> with CheckpointLock(path):
+    ...     try:
+    ...         CheckpointLock(path).acquire()
+    ...     except CheckpointLockedError:
+    ...         print("second run refused")
+    second run refused
     """
 
     def __init__(self, path: str | os.PathLike) -> None:

@@ -74,6 +74,21 @@ def infer_discrete(
     :param first_available_dim: the first tensor dim (from the right) free for enumeration,
         ``-(max_plate_nesting + 1)``.
     :param temperature: 1 to sample, 0 for the joint MAP configuration.
+
+    >>> from collections import OrderedDict
+    >>> import pyro, pyro.distributions as dist, torch
+    >>> from pyro.infer import config_enumerate
+    >>> from pyrocg import layers
+    >>> sbn = layers.Sequential(OrderedDict(hidden=layers.Dense(4, 3, node="binary"),
+    ...                                     out=layers.Dense(3, 2, node=None)))
+    >>> @config_enumerate
+    ... def model(x, y):
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         pyro.sample("y", dist.Categorical(logits=sbn(x)), obs=y)
+    >>> x, y = torch.randn(10, 4), torch.randint(0, 2, (10,))
+    >>> map_model = infer_discrete(model, first_available_dim=-2, temperature=0)
+    >>> pyro.poutine.trace(map_model).get_trace(x, y).nodes["hidden"]["value"].shape  # (batch, units)
+    torch.Size([10, 3])
     """
     if temperature not in (0, 1) or isinstance(temperature, bool):
         raise ValueError(f"temperature must be 0 (MAP) or 1 (sample), got {temperature!r}")

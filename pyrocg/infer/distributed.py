@@ -22,18 +22,42 @@ __all__ = ["init_from_env", "is_distributed", "rank", "world_size", "is_main",
 
 
 def is_distributed() -> bool:
+    """Whether a ``torch.distributed`` process group is initialised.
+
+    >>> from pyrocg.infer import distributed
+    >>> distributed.is_distributed(), distributed.rank(), distributed.world_size(), distributed.is_main()
+    (False, 0, 1, True)
+    """
     return dist.is_available() and dist.is_initialized()
 
 
 def rank() -> int:
+    """This process's rank (0 without a process group).
+
+    >>> from pyrocg.infer import distributed
+    >>> distributed.is_distributed(), distributed.rank(), distributed.world_size(), distributed.is_main()
+    (False, 0, 1, True)
+    """
     return dist.get_rank() if is_distributed() else 0
 
 
 def world_size() -> int:
+    """The number of processes (1 without a process group).
+
+    >>> from pyrocg.infer import distributed
+    >>> distributed.is_distributed(), distributed.rank(), distributed.world_size(), distributed.is_main()
+    (False, 0, 1, True)
+    """
     return dist.get_world_size() if is_distributed() else 1
 
 
 def is_main() -> bool:
+    """Whether this is rank 0, the process that validates, logs and checkpoints.
+
+    >>> from pyrocg.infer import distributed
+    >>> distributed.is_distributed(), distributed.rank(), distributed.world_size(), distributed.is_main()
+    (False, 0, 1, True)
+    """
     return rank() == 0
 
 

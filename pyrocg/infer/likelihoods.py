@@ -27,6 +27,17 @@ class Likelihood(nn.Module):
 
     :param dataset_size: number of training data; the data plate rescales a mini-batch's
         log-likelihood by ``dataset_size / batch``.
+
+    Subclasses give :meth:`dist` of the network output; :meth:`model` is the observed site.
+
+    >>> import pyro, torch
+    >>> from pyrocg import infer
+    >>> lik = infer.Categorical(dataset_size=100)
+    >>> logits, y = torch.randn(5, 3), torch.randint(0, 3, (5,))  # (batch, classes), (batch,)
+    >>> with pyro.poutine.trace() as tr:
+    ...     _ = lik.model(lambda x: x, logits, y)
+    >>> tr.trace.nodes["y"]["is_observed"], tr.trace.nodes["y"]["scale"]  # 100 / 5
+    (True, 20.0)
     """
 
     site = "y"
@@ -76,7 +87,15 @@ class Likelihood(nn.Module):
 
 
 class Categorical(Likelihood):
-    """Categorical likelihood on logits ``(..., batch, classes)``; labels ``(batch,)`` int64."""
+    """Categorical likelihood on logits ``(..., batch, classes)``; labels ``(batch,)`` int64.
+
+    >>> import torch
+    >>> from pyrocg import infer, models
+    >>> model = infer.CGModel(models.mlp(4, [8], 3), infer.Categorical(100))
+    >>> x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
+    >>> model.loss(x, y).shape  # the negative ELBO per datum, a scalar
+    torch.Size([])
+    """
 
     def dist(self, output):
         # Targets are checked by check_target; NaN logits must surface as a NaN loss (which
@@ -119,6 +138,17 @@ class Gaussian(Likelihood):
     :param learn_scale: learn ``scale``; ``False`` keeps it fixed (a buffer). A fixed
         ``scale=1`` makes the per-datum objective half the squared error (plus a constant);
         :meth:`from_precision` fixes a model precision ``tau`` on the original target scale.
+
+    Output ``(batch, 1)`` (the mean); targets ``(batch,)`` float.
+
+    >>> import torch
+    >>> from pyrocg import infer, models
+    >>> lik = infer.Gaussian(100, scale=0.5)
+    >>> model = infer.CGModel(models.mlp(4, [8], 1), lik)
+    >>> round(lik.scale.item(), 3)
+    0.5
+    >>> model.loss(torch.randn(5, 4), torch.randn(5)).shape
+    torch.Size([])
     """
 
     def __init__(self, dataset_size: int, scale: float = 1.0, learn_scale: bool = True):
@@ -201,6 +231,18 @@ class ChainCRFLikelihood(Likelihood):
 
     Targets ``y`` are ``(batch, length)`` int64 tags; ragged sequences are padded at the end
     with ``-1``, which also gives the lengths.
+
+    Inputs ``(batch, length, *token)``, tags ``(batch, length)``:
+
+    >>> import torch
+    >>> from pyrocg import infer, layers, models
+    >>> lik = infer.ChainCRFLikelihood(layers.ChainCRF(3), dataset_size=10)
+    >>> model = infer.CGModel(models.mlp(4, [8], 3), lik)  # the mlp reads one token (4,)
+    >>> x, y = torch.randn(2, 6, 4), torch.randint(0, 3, (2, 6))
+    >>> model.loss(x, y).shape
+    torch.Size([])
+    >>> sorted(infer.evaluate(model, x, y))
+    ['nll', 'sequence_accuracy', 'token_accuracy']
     """
 
     def __init__(self, crf, dataset_size: int, token_dims: int | None = 1):
@@ -308,7 +350,17 @@ class _MeanFieldLikelihood(Likelihood):
 class MultiLabelCRFLikelihood(_MeanFieldLikelihood):
     """Multi-label targets ``y`` ``(batch, L)`` in {0, 1} with learned label correlations
     (:class:`~pyrocg.structured.MultiLabelMeanFieldCRF` on the network's ``(batch, L)``
-    logits)."""
+    logits).
+
+    Network output ``(batch, labels)`` logits; targets ``(batch, labels)`` 0/1:
+
+    >>> import torch
+    >>> from pyrocg import infer, models, structured
+    >>> lik = infer.MultiLabelCRFLikelihood(structured.MultiLabelMeanFieldCRF(4, num_iters=3), 10)
+    >>> model = infer.CGModel(models.mlp(5, [8], 4), lik)
+    >>> model.loss(torch.randn(6, 5), torch.randint(0, 2, (6, 4))).shape
+    torch.Size([])
+    """
 
     def probs(self, output):
         """``P(y_l = 1)`` ``(..., batch, L)``."""
@@ -335,7 +387,18 @@ class MultiLabelCRFLikelihood(_MeanFieldLikelihood):
 class GridCRFLikelihood(_MeanFieldLikelihood):
     """Per-pixel labels ``y`` ``(batch, H, W)`` with a
     :class:`~pyrocg.structured.GridMeanFieldCRF` on the network's ``(batch, C, H, W)``
-    energies (a convolutional read-out)."""
+    energies (a convolutional read-out).
+
+    Network output ``(batch, classes, H, W)``; labels ``(batch, H, W)``:
+
+    >>> import torch
+    >>> from pyrocg import infer, layers, structured
+    >>> net = layers.Conv2d(1, 2, 3, padding=1, node=None)
+    >>> lik = infer.GridCRFLikelihood(structured.GridMeanFieldCRF(2, num_iters=2), 10)
+    >>> model = infer.CGModel(net, lik)
+    >>> model.loss(torch.randn(3, 1, 6, 6), torch.randint(0, 2, (3, 6, 6))).shape
+    torch.Size([])
+    """
 
     def probs(self, output):
         """Approximate marginals ``(..., batch, H, W, C)``."""

@@ -38,6 +38,17 @@ class CGModel(nn.Module):
 
     :ivar guide: the Pyro guide, a module: empty for point-estimate modes, over the weights
         for Bayesian ones.
+
+    >>> import pyro, torch
+    >>> from pyrocg import infer, models, modes
+    >>> net = models.mlp(4, [8], 3, dropout=0.2)
+    >>> model = infer.CGModel(net, infer.Categorical(100), modes.MCDropout())
+    >>> x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))  # (batch, features), (batch,)
+    >>> model.loss(x, y).shape  # negative ELBO / dataset size
+    torch.Size([])
+    >>> svi = pyro.infer.SVI(model.model, model.guide, pyro.optim.Adam({"lr": 1e-3}),
+    ...                      pyro.infer.Trace_ELBO())
+    >>> loss = svi.step(x, y)  # the same objective, times the dataset size
     """
 
     def __init__(

@@ -45,6 +45,13 @@ class Prediction:
     :ivar log_lik: per-pass pointwise ``log p(y_i | x_i, pass t)``, ``(T, batch)``.
     :ivar pointwise_log_lik: ``log (1/T) sum_t p(y_i | x_i, pass t)``, ``(batch,)``.
     :ivar sites: values of the requested ``return_sites`` per pass, ``(T, ...)`` each.
+
+    >>> import torch
+    >>> from pyrocg import infer, models
+    >>> model = infer.CGModel(models.mlp(4, [8], 3, dropout=0.2), infer.Categorical(10), "mc-dropout")
+    >>> pred = infer.predict(model, torch.randn(5, 4), torch.randint(0, 3, (5,)), num_samples=7)
+    >>> pred.probs.shape, pred.mean.shape, pred.log_lik.shape, pred.pointwise_log_lik.shape
+    (torch.Size([7, 5, 3]), torch.Size([5, 3]), torch.Size([7, 5]), torch.Size([5]))
     """
 
     outputs: torch.Tensor | None
@@ -120,6 +127,16 @@ def predict(
         :attr:`Prediction.sites`; for a :class:`CGModel` the sites of its prediction passes.
     :param parallel: a Pyro model's passes at once (it must broadcast over a plate).
     :param obs_site: a Pyro model's observed site (default: the only one).
+
+    >>> import torch
+    >>> from pyrocg import infer, models
+    >>> model = infer.CGModel(models.mlp(4, [8], 3, dropout=0.2), infer.Categorical(10), "mc-dropout")
+    >>> x = torch.randn(5, 4)  # (batch, features)
+    >>> infer.predict(model, x, num_samples=20).outputs.shape  # T passes in one batch
+    torch.Size([20, 5, 3])
+    >>> ff = infer.CGModel(models.mlp(4, [8], 3), infer.Categorical(10))  # deterministic mode
+    >>> infer.predict(ff, x, num_samples=20).outputs.shape  # one pass
+    torch.Size([1, 5, 3])
     """
     if not isinstance(model, CGModel):
         return predict_pyro(model, x, y, num_samples=100 if num_samples is None else num_samples,
@@ -236,6 +253,17 @@ def predict_pyro(
     :param parallel: run the ``T`` passes at once in a plate left of the model's plates
         (the model must broadcast, as for ``Predictive(parallel=True)``).
     :param obs_site: the observed site of the log-likelihoods (default: the only one).
+
+    >>> import pyro, pyro.distributions as dist, torch
+    >>> from pyrocg import infer
+    >>> def model(x, y=None):
+    ...     w = pyro.sample("w", dist.Normal(0.0, 1.0))
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         return pyro.sample("y", dist.Normal(w * x, 1.0), obs=y)
+    >>> x = torch.linspace(-1, 1, 6)
+    >>> pred = infer.predict_pyro(model, x, x, num_samples=10)
+    >>> pred.log_lik.shape, pred.pointwise_log_lik.shape  # (T, batch), (batch,)
+    (torch.Size([10, 6]), torch.Size([6]))
     """
     if not callable(model) or (guide is not None and not callable(guide)):
         raise TypeError("model and guide must be callables (Pyro model and guide)")

@@ -37,7 +37,12 @@ OPTIMIZERS = ("adam", "sgd")
 
 
 class TrainingDiverged(FloatingPointError):
-    """The loss became NaN or infinite; the last good checkpoint (if any) is kept."""
+    """The loss became NaN or infinite; the last good checkpoint (if any) is kept.
+
+    >>> from pyrocg import infer
+    >>> issubclass(infer.TrainingDiverged, FloatingPointError)
+    True
+    """
 
 
 @dataclass
@@ -49,6 +54,14 @@ class TrainConfig:
     :ivar eval_samples: stochastic passes per validation prediction.
     :ivar progress: show a progress bar over each epoch's mini-batches.
     :ivar log_epochs: print a summary line after each epoch (with ``progress``).
+
+    >>> from pyrocg import infer
+    >>> infer.TrainConfig(epochs=20, optimizer="sgd", lr=0.1, milestones=(10, 15)).gamma
+    0.1
+    >>> infer.TrainConfig(lr=-1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: lr must be a finite number > 0, got -1.0
     """
 
     epochs: int = 10
@@ -108,6 +121,16 @@ def evaluate(model: CGModel, x: torch.Tensor, y: torch.Tensor, num_samples: int 
 
     :raises ValueError: if ``x`` is empty, ``x`` and ``y`` differ in rows, or (with
         :mod:`pyrocg.validation` on) hold NaN or infinite values.
+
+    >>> import torch
+    >>> from pyrocg import infer, models
+    >>> from pyrocg.data import DataSplits, Split
+    >>> x, y = torch.randn(40, 4), torch.randint(0, 3, (40,))
+    >>> data = DataSplits(Split(x[:32], y[:32]), Split(x[32:], y[32:]), Split(x[32:], y[32:]),
+    ...                   "classification", "toy", (4,), num_classes=3)
+    >>> model = infer.CGModel(models.mlp(4, [8], 3), infer.Categorical(32))
+    >>> sorted(infer.evaluate(model, data.test.x, data.test.y))
+    ['accuracy', 'brier', 'ece', 'nll']
     """
     _check_eval_inputs(model, x, y, num_samples, batch_size)
     parts = [predict(model, x[i : i + batch_size], y[i : i + batch_size], num_samples)
@@ -190,6 +213,17 @@ def fit(
         default) NaN/inf features or targets in the train or validation split.
     :raises TrainingDiverged: when the loss becomes NaN/inf; the checkpoint of the last
         finished epoch is left untouched.
+
+    >>> import torch
+    >>> from pyrocg import infer, models
+    >>> from pyrocg.data import DataSplits, Split
+    >>> x, y = torch.randn(40, 4), torch.randint(0, 3, (40,))
+    >>> data = DataSplits(Split(x[:32], y[:32]), Split(x[32:], y[32:]), Split(x[32:], y[32:]),
+    ...                   "classification", "toy", (4,), num_classes=3)
+    >>> model = infer.CGModel(models.mlp(4, [8], 3), infer.Categorical(32))
+    >>> history = infer.fit(model, data, infer.TrainConfig(epochs=2, batch_size=16, progress=False))
+    >>> len(history), "loss" in history[-1]
+    (2, True)
     """
     if not isinstance(model, CGModel):
         raise TypeError(f"model must be a pyrocg.infer.CGModel, got {type(model).__name__}")
