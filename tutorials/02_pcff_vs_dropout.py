@@ -23,7 +23,7 @@ from pyrocg.data import load_digits
 from pyrocg.handlers import node_of
 
 QUICK = os.environ.get("PYROCG_QUICK") == "1"
-EPOCHS, HIDDEN = (2, [32, 32]) if QUICK else (40, [256, 256])
+EPOCHS, HIDDEN, LR = (3, [64, 64], 1e-2) if QUICK else (40, [256, 256], 3e-3)
 data = load_digits(seed=0)
 n = len(data.train)
 
@@ -80,8 +80,8 @@ results = {}
 for name, (mode, p) in configs.items():
     torch.manual_seed(0)
     model = infer.CGModel(models.mlp(64, HIDDEN, 10, dropout=p), infer.Categorical(n), mode)
-    history = infer.fit(model, data, infer.TrainConfig(epochs=EPOCHS, lr=3e-3, progress=False,
-                                                       eval_samples=1))
+    config = infer.TrainConfig(epochs=EPOCHS, batch_size=128, lr=LR, progress=False, eval_samples=1)
+    history = infer.fit(model, data, config)
     res = infer.evaluate(model, data.test.x, data.test.y)
     results[name] = res
     print(f"{name:15s} train loss {history[-1]['loss']:.3f}  test accuracy {res['accuracy']:.3f}  "

@@ -8,7 +8,8 @@
 
 Environment: ``PYROCG_DOCS_EXECUTE=0`` renders the tutorials without running them (the test
 suite does that, because ``tests/test_tutorials.py`` runs every tutorial through the same
-renderer); ``PYROCG_QUICK=1`` runs them at test size.
+renderer), ``PYROCG_DOCS_EXECUTE=01,03`` runs only those; ``PYROCG_QUICK=1`` runs them at
+test size.
 
 The navigation gets one entry per tutorial, and any page in ``docs/`` that ``mkdocs.yml``
 does not list (a page another change adds) under "More", so no page is left unreachable.
@@ -84,10 +85,14 @@ def on_files(files: Files, config, **kwargs) -> Files:
     for name, data in figures.all_figures().items():
         files.append(File.generated(config, f"figures/{name}", content=data))
 
-    execute = os.environ.get("PYROCG_DOCS_EXECUTE", "1").strip() not in ("0", "")
+    # "1" (default) runs every tutorial, "0" none; anything else is a comma-separated list of
+    # name prefixes to run (e.g. "01,03" while working on those pages).
+    setting = os.environ.get("PYROCG_DOCS_EXECUTE", "1").strip()
+    selected = None if setting in ("0", "1", "") else [p.strip() for p in setting.split(",")]
     index = [TUTORIALS_INTRO]
     for path in _tutorial_paths():
         cells = notebook.parse(path)
+        execute = setting == "1" or (selected is not None and path.stem.startswith(tuple(selected)))
         if execute:
             import pyro
 
@@ -98,7 +103,7 @@ def on_files(files: Files, config, **kwargs) -> Files:
             log.info("executed %s in %.1f s", path.name, time.perf_counter() - t0)
         text, images = notebook.render(cells, path.stem, source_link=f"tutorials/{path.name}")
         if not execute:
-            text = ("!!! note\n    Rendered without running it (`PYROCG_DOCS_EXECUTE=0`): "
+            text = ("!!! note\n    Rendered without running it (`PYROCG_DOCS_EXECUTE`): "
                     "no outputs.\n\n" + text)
         files.append(File.generated(config, f"tutorials/{path.stem}.md", content=text))
         for name, png in images.items():
