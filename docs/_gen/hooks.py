@@ -68,7 +68,7 @@ def on_config(config, **kwargs):
         if isinstance(item, dict) and "Tutorials" in item:
             entries = item["Tutorials"]
             for path in _tutorial_paths():
-                title = notebook.title_of(notebook.parse(path))
+                title = notebook.title_of(notebook.parse(path)).replace("`", "")  # nav: plain text
                 entries.append({title: f"tutorials/{path.stem}.md"})
     listed = _listed(nav)
     docs = Path(config["docs_dir"])
