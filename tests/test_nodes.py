@@ -298,3 +298,19 @@ def test_partial_relu_draw_backward_is_the_derivative():
     g = torch.randn(30, 20, dtype=torch.float64)
     assert torch.allclose(torch.autograd.grad(got, e, g)[0], torch.autograd.grad(want, e, g)[0],
                           atol=1e-12)
+
+
+def test_relu_rsample_where_differentiates_a_soft_mask():
+    """A relaxed mask that requires grad (learned rates) gets its pathwise gradient from the
+    ReLU node's draw, not the silent zero of the fused hard-mask path."""
+    torch.manual_seed(0)
+    e = torch.randn(40, 10, dtype=torch.float64)
+    m = torch.rand(40, 10, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(3)
+    got = ReLUNode(e).rsample_where(m)
+    (g,) = torch.autograd.grad(got.sum(), m)
+    torch.manual_seed(3)
+    noise = torch.randn(40, 10, dtype=torch.float64)
+    want = torch.relu(e + ReLUNode(e).scale * noise * m)
+    (g_want,) = torch.autograd.grad(want.sum(), m)
+    assert torch.allclose(got, want) and torch.allclose(g, g_want) and g.abs().sum() > 0

@@ -240,6 +240,8 @@ class ReLUNode(RectifiedGaussianNode):
         return apply_once(F.relu, self.energy)
 
     def rsample_where(self, mask: torch.Tensor) -> torch.Tensor:
+        if mask.requires_grad:  # a relaxed (learned) mask: autograd's path differentiates it
+            return super().rsample_where(mask)
         e = self.energy
         noise = torch.randn(mask.shape, dtype=e.dtype, device=e.device).mul_(mask)
         return _PartialReLUDraw.apply(e, noise)
