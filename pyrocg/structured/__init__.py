@@ -7,13 +7,21 @@
   quantities derived from it (marginals, entropy, KL, Viterbi, k-best, max-marginals, samples).
 * :class:`LinearChainCRF`: a Pyro distribution over tag sequences (constraints, partial
   labels, k-best, KL); :class:`CRFDecoder`: its Viterbi decoder as an exportable module.
-* :class:`GridMeanFieldCRF`, :class:`MultiLabelMeanFieldCRF`: unrolled mean-field CRFs.
+* :class:`GridMeanFieldCRF`, :class:`MultiLabelMeanFieldCRF`: unrolled mean-field CRFs (one
+  surrogate loss, :func:`~pyrocg.structured.meanfield.surrogate_log_lik`).
+* :class:`ChainCRFLikelihood`, :class:`MultiLabelCRFLikelihood`, :class:`GridCRFLikelihood`:
+  these models as the likelihood of a network (also importable from :mod:`pyrocg.infer`).
 """
 
-from pyrocg.structured import chain, meanfield, semirings, tree
+from pyrocg.structured import chain, likelihoods, meanfield, semirings, tree
 from pyrocg.structured.chain import Chain
 from pyrocg.structured.crf import MISSING, CRFDecoder, LinearChainCRF
 from pyrocg.structured.hmm import ChainHMM, NeuralHMM
+from pyrocg.structured.likelihoods import (
+    ChainCRFLikelihood,
+    GridCRFLikelihood,
+    MultiLabelCRFLikelihood,
+)
 from pyrocg.structured.meanfield import (
     GridMeanFieldCRF,
     MultiLabelMeanFieldCRF,
@@ -34,6 +42,10 @@ __all__ = [
     "MISSING",
     "CRFDecoder",
     "Chain",
+    "ChainCRFLikelihood",
+    "GridCRFLikelihood",
+    "MultiLabelCRFLikelihood",
+    "likelihoods",
     "KMaxSemiring",
     "MultiLabelTreeCRF",
     "Tree",

@@ -17,11 +17,17 @@ for binary ``y_l``::
     log p(y) = Σ_l unary_l y_l + Σ_{l<m} W_lm y_l y_m,     q_l ← sigmoid(unary_l + Σ_m W_lm q_m)
 
 The loss is the negative mean-field surrogate log-likelihood, the cross-entropy of the
-approximate marginals against the labels. Functional cores (:func:`grid_mean_field`,
-:func:`multilabel_mean_field`) do the work; the modules hold the learned compatibilities.
+approximate marginals against the labels, written once (:func:`surrogate_log_lik`) and used by
+the modules' ``loss`` and by the likelihoods of :mod:`pyrocg.structured.likelihoods`. The cores
+track the log marginals (``log_softmax``/``logsigmoid`` of the last update, mixed in log space
+under damping), so the loss needs no clamp and keeps its gradient for confident mistakes.
+Functional cores (:func:`grid_mean_field`, :func:`multilabel_mean_field` and their
+``log_marginals=True`` forms) do the work; the modules hold the learned compatibilities.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +42,7 @@ __all__ = [
     "grid_mean_field",
     "multilabel_mean_field",
     "neighbourhood_kernel",
+    "surrogate_log_lik",
 ]
 
 
@@ -48,6 +55,34 @@ def _check_iterations(num_iters: int, damping: float) -> None:
         raise ValueError(f"num_iters must be a non-negative int, got {num_iters!r}")
     if not 0.0 <= damping < 1.0:
         raise ValueError(f"damping must lie in [0, 1), got {damping!r}")
+
+
+def _mix(log_q: torch.Tensor, log_update: torch.Tensor, damping: float) -> torch.Tensor:
+    """``log(damping·q + (1 − damping)·update)`` from the logs."""
+    if damping == 0:
+        return log_update
+    return torch.logaddexp(log_q + math.log(damping), log_update + math.log1p(-damping))
+
+
+def surrogate_log_lik(log_q: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The mean-field surrogate log-likelihood of each site: ``log q_i(labels_i)``.
+
+    The one loss of the mean-field CRFs (its negative mean is their ``loss``; the likelihoods
+    sum it over a datum's sites).
+
+    :param log_q: ``(..., C)`` log approximate marginals (``(..., L, 2)`` for binary labels:
+        ``[log(1 − q), log q]``), e.g. from ``grid_mean_field(..., log_marginals=True)``.
+    :param labels: integer ``(...)`` in ``[0, C)``, broadcast to ``log_q.shape[:-1]``
+        (leading sample dims of ``log_q`` are allowed). Not validated here: the callers do.
+    :returns: ``log_q.shape[:-1]``.
+
+    >>> import torch
+    >>> log_q = torch.tensor([[0.25, 0.75], [0.5, 0.5]]).log()  # (sites, C)
+    >>> surrogate_log_lik(log_q, torch.tensor([1, 0])).exp()
+    tensor([0.7500, 0.5000])
+    """
+    index = labels.long().expand(log_q.shape[:-1]).unsqueeze(-1)
+    return log_q.gather(-1, index).squeeze(-1)
 
 
 def neighbourhood_kernel(neighbourhood: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -84,6 +119,7 @@ def grid_mean_field(
     dense_kernel: torch.Tensor | None = None,
     dense_compatibility: torch.Tensor | None = None,
     damping: float = 0.0,
+    log_marginals: bool = False,
 ) -> torch.Tensor:
     """Synchronous mean-field marginals of a pairwise grid CRF.
 
@@ -96,6 +132,7 @@ def grid_mean_field(
     :param dense_compatibility: ``(C, C)`` compatibility of the dense edges (default
         ``compatibility``).
     :param damping: ``q ← damping·q + (1 − damping)·update``; helps strong couplings converge.
+    :param log_marginals: return ``log q`` (exact where ``q`` underflows) instead of ``q``.
     :returns: approximate marginals ``(batch, H, W, C)``. Cost O(K·HW·C²) (+ O(K·(HW)²·C) dense).
     """
     _check_float("unary", unary)
@@ -120,8 +157,9 @@ def grid_mean_field(
         stencil = neighbourhood_kernel(neighbourhood, unary.dtype).to(unary.device)
         # depthwise: every label channel sums its neighbours' beliefs independently
         stencil = stencil.expand(c, 1, 3, 3)
-    q = unary.softmax(-1)
+    log_q = unary.log_softmax(-1)
     for _ in range(num_iters):
+        q = log_q.exp()
         message = torch.zeros_like(unary)
         if stencil is not None:
             q_nchw = q.permute(0, 3, 1, 2)
@@ -130,19 +168,25 @@ def grid_mean_field(
         if dense_kernel is not None:
             summed = (dense_kernel @ q.flatten(1, 2)).view_as(q)
             message = message + summed @ dense_compatibility.T
-        update = (unary + message).softmax(-1)
-        q = update if damping == 0 else damping * q + (1 - damping) * update
-    return q
+        log_q = _mix(log_q, (unary + message).log_softmax(-1), damping)
+    return log_q if log_marginals else log_q.exp()
 
 
 def multilabel_mean_field(
-    unary: torch.Tensor, coupling: torch.Tensor, num_iters: int = 5, damping: float = 0.0
+    unary: torch.Tensor,
+    coupling: torch.Tensor,
+    num_iters: int = 5,
+    damping: float = 0.0,
+    log_marginals: bool = False,
 ) -> torch.Tensor:
     """Synchronous mean-field ``P(y_l = 1)`` of a fully connected binary pairwise model.
 
     :param unary: ``(batch, L)`` logits.
     :param coupling: ``(L, L)`` symmetric label correlations; the diagonal is ignored.
-    :returns: ``(batch, L)``. Cost O(K·L²) per example.
+    :param log_marginals: return ``[log(1 − q), log q]`` ``(batch, L, 2)`` (exact where
+        ``q`` rounds to 0 or 1) instead of ``q``.
+    :returns: ``(batch, L)`` (``(batch, L, 2)`` with ``log_marginals``). Cost O(K·L²) per
+        example.
     """
     _check_float("unary", unary)
     _check_float("coupling", coupling)
@@ -153,11 +197,15 @@ def multilabel_mean_field(
     if tuple(coupling.shape) != (n, n):
         raise ValueError(f"coupling must have shape ({n}, {n}) (L, L), got {tuple(coupling.shape)}")
     coupling = coupling * (1 - torch.eye(n, dtype=coupling.dtype, device=coupling.device))
-    q = unary.sigmoid()
+    # log q and log(1 − q) side by side: (batch, L, 2), the logsigmoid of -a and a
+    def log_bernoulli(a: torch.Tensor) -> torch.Tensor:
+        return F.logsigmoid(torch.stack([-a, a], -1))
+
+    log_q = log_bernoulli(unary)
     for _ in range(num_iters):
-        update = (unary + q @ coupling.T).sigmoid()
-        q = update if damping == 0 else damping * q + (1 - damping) * update
-    return q
+        q = log_q[..., 1].exp()
+        log_q = _mix(log_q, log_bernoulli(unary + q @ coupling.T), damping)
+    return log_q if log_marginals else log_q[..., 1].exp()
 
 
 class GridMeanFieldCRF(nn.Module):
@@ -227,6 +275,10 @@ class GridMeanFieldCRF(nn.Module):
     def forward(self, unary: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         """Approximate marginals ``(batch, H, W, C)`` from ``unary`` ``(batch, H, W, C)`` and,
         with ``dense=True``, ``features`` ``(batch, H, W, D)``."""
+        return self.log_marginals(unary, features).exp()
+
+    def log_marginals(self, unary: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """``log`` of :meth:`forward` ``(batch, H, W, C)``, exact where it underflows."""
         compat = self.compatibility.to(unary.dtype)
         kernel = dense_compat = None
         if self.dense:
@@ -237,15 +289,18 @@ class GridMeanFieldCRF(nn.Module):
         elif features is not None:
             raise ValueError("features are only used when dense=True; construct with dense=True")
         return grid_mean_field(
-            unary, compat, self.num_iters, self.neighbourhood, kernel, dense_compat, self.damping
+            unary, compat, self.num_iters, self.neighbourhood, kernel, dense_compat, self.damping,
+            log_marginals=True,
         )
 
     def loss(
         self, unary: torch.Tensor, labels: torch.Tensor, features: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Mean negative mean-field surrogate log-likelihood: cross-entropy of the marginals
-        against integer ``labels`` ``(batch, H, W)``."""
-        return _marginal_cross_entropy(self(unary, features), labels, self.num_labels)
+        """Mean negative mean-field surrogate log-likelihood (:func:`surrogate_log_lik`): the
+        cross-entropy of the marginals against integer ``labels`` ``(batch, H, W)``."""
+        log_q = self.log_marginals(unary, features)
+        _check_labels(labels, log_q.shape[:-1], self.num_labels, "(batch, H, W)")
+        return -surrogate_log_lik(log_q, labels).mean()
 
 
 class MultiLabelMeanFieldCRF(nn.Module):
@@ -283,24 +338,32 @@ class MultiLabelMeanFieldCRF(nn.Module):
 
     def forward(self, unary: torch.Tensor) -> torch.Tensor:
         """``P(y_l = 1)`` ``(batch, L)`` from logits ``(batch, L)``."""
-        return multilabel_mean_field(unary, self.coupling.to(unary.dtype), self.num_iters, self.damping)
+        return self.log_marginals(unary)[..., 1].exp()
+
+    def log_marginals(self, unary: torch.Tensor) -> torch.Tensor:
+        """``[log(1 − q), log q]`` ``(batch, L, 2)`` of :meth:`forward`, exact where ``q``
+        rounds to 0 or 1."""
+        coupling = self.coupling.to(unary.dtype)
+        return multilabel_mean_field(unary, coupling, self.num_iters, self.damping, log_marginals=True)
 
     def loss(self, unary: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean binary cross-entropy of the marginals against 0/1 ``labels`` ``(batch, L)``."""
-        q = self(unary)
-        if labels.shape != q.shape:
-            raise ValueError(f"labels must have shape {tuple(q.shape)} (batch, L), got {tuple(labels.shape)}")
-        return F.binary_cross_entropy(q, labels.to(q.dtype))
+        """Mean binary cross-entropy of the marginals against 0/1 ``labels`` ``(batch, L)``
+        (:func:`surrogate_log_lik`)."""
+        log_q = self.log_marginals(unary)
+        if not isinstance(labels, torch.Tensor) or labels.shape != log_q.shape[:-1]:
+            raise ValueError(
+                f"labels must have shape {tuple(log_q.shape[:-1])} (batch, L), "
+                f"got {tuple(getattr(labels, 'shape', ()))}"
+            )
+        if bool(((labels != 0) & (labels != 1)).any()):
+            raise ValueError("multi-label targets must be 0 or 1")
+        return -surrogate_log_lik(log_q, labels).mean()
 
 
-def _marginal_cross_entropy(q: torch.Tensor, labels: torch.Tensor, num_labels: int) -> torch.Tensor:
+def _check_labels(labels: object, shape: torch.Size, num_labels: int, names: str) -> None:
     if not isinstance(labels, torch.Tensor) or labels.is_floating_point():
-        raise TypeError("labels must be an integer tensor (batch, H, W)")
-    if labels.shape != q.shape[:-1]:
-        raise ValueError(
-            f"labels must have shape {tuple(q.shape[:-1])} (batch, H, W), got {tuple(labels.shape)}"
-        )
+        raise TypeError(f"labels must be an integer tensor {names}")
+    if labels.shape != shape:
+        raise ValueError(f"labels must have shape {tuple(shape)} {names}, got {tuple(labels.shape)}")
     if ((labels < 0) | (labels >= num_labels)).any():
         raise ValueError(f"labels must lie in [0, {num_labels})")
-    log_q = q.clamp_min(torch.finfo(q.dtype).tiny).log()
-    return F.nll_loss(log_q.flatten(0, -2), labels.flatten())

@@ -187,3 +187,45 @@ def test_bad_inputs():
         multilabel_mean_field(torch.zeros(2, 3), torch.zeros(2, 2))
     with pytest.raises(ValueError, match=r"labels must have shape \(2, 3\)"):
         MultiLabelMeanFieldCRF(3).loss(torch.zeros(2, 3), torch.zeros(2, 2))
+
+
+def test_one_surrogate_loss_modules_and_likelihoods():
+    """The modules' ``loss`` and the likelihoods' surrogate are the same function: the
+    cross-entropy of the marginals (float64, naive formula), damping included; no clamp, so a
+    confident mistake keeps its gradient in float32."""
+    from pyrocg.structured import GridCRFLikelihood, MultiLabelCRFLikelihood
+    from pyrocg.structured.meanfield import surrogate_log_lik
+
+    g = torch.Generator().manual_seed(5)
+    grid = GridMeanFieldCRF(3, num_iters=3, damping=0.3).double()
+    unary = torch.randn(2, 4, 5, 3, dtype=torch.float64, generator=g)
+    labels = torch.randint(0, 3, (2, 4, 5), generator=g)
+    q = grid(unary)
+    want = -q.gather(-1, labels[..., None]).log().squeeze(-1)  # (batch, H, W)
+    assert torch.allclose(grid.loss(unary, labels), want.mean())
+    lik = GridCRFLikelihood(grid, dataset_size=10)
+    got = lik.log_likelihood(unary.movedim(-1, -3), labels)  # network output (batch, C, H, W)
+    assert torch.allclose(got, -want.sum((-2, -1)))
+
+    multi = MultiLabelMeanFieldCRF(4, num_iters=3, damping=0.5).double()
+    with torch.no_grad():
+        multi.coupling_param.copy_(torch.randn(4, 4, dtype=torch.float64, generator=g))
+    logits = torch.randn(6, 4, dtype=torch.float64, generator=g)
+    y = torch.randint(0, 2, (6, 4), generator=g)
+    p = multi(logits)
+    want = -(y * p.log() + (1 - y) * (1 - p).log())  # (batch, L)
+    assert torch.allclose(multi.loss(logits, y), want.mean())
+    lik = MultiLabelCRFLikelihood(multi, dataset_size=10)
+    assert torch.allclose(lik.log_likelihood(logits, y), -want.sum(-1))
+    # sample dims in front of the network output broadcast over the labels
+    assert lik.log_likelihood(logits.expand(3, 6, 4), y).shape == (3, 6)
+
+    # float32, a confident mistake: q(label) rounds to 0 (or 1 - q to 0), yet the loss is the
+    # exact -log q and its gradient is the plain softmax/sigmoid one
+    z = torch.tensor([[30.0, -30.0, 0.0]], requires_grad=True)
+    loss = MultiLabelMeanFieldCRF(3, num_iters=0).loss(z, torch.tensor([[0, 1, 1]]))
+    loss.backward()
+    assert torch.allclose(loss, torch.tensor((30.0 + 30.0 + 0.6931472) / 3))
+    assert torch.allclose(z.grad, (z.sigmoid() - torch.tensor([0.0, 1.0, 1.0])).detach() / 3)
+    log_q = torch.tensor([[0.0, -200.0]])
+    assert surrogate_log_lik(log_q, torch.tensor([1])).item() == -200.0
