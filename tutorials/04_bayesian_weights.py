@@ -106,4 +106,6 @@ assert abs(table.loc["AutoDelta", "p_loo"]) < 1e-6  # a point estimate: no effec
 assert table["p_loo"].drop("AutoDelta").min() > 0
 
 # %%
-az.plot_compare(table, insample_dev=False)
+with warnings.catch_warnings():  # pandas deprecates an argument ArviZ 0.23 passes it
+    warnings.filterwarnings("ignore", message="The inplace keyword")
+    az.plot_compare(table, insample_dev=False)
