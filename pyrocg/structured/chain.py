@@ -108,6 +108,12 @@ def _spread(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     return torch.where(low == math.inf, math.inf, hi - low)
 
 
+def _accumulator(x: torch.Tensor) -> torch.dtype:
+    """dtype of running log normalisers: float64 (a sum of up to N terms as large as the
+    potentials loses ~sqrt(N) ulps in float32), except where the device lacks it."""
+    return x.dtype if x.device.type == "mps" else torch.float64
+
+
 def _max(x: torch.Tensor, dims: tuple[int, ...] | int) -> torch.Tensor:
     """Detached renormaliser: the maximum over ``dims`` (kept), 0 where it is not finite."""
     m = x.detach().amax(dims, keepdim=True)
@@ -151,15 +157,19 @@ class _Fused(torch.autograd.Function):
             probs.append(p)
             norms.append(norm)
         probs = torch.stack(probs, 1)
-        log_scale = umax[:, :1, 0]
+        # the running log normaliser is a sum of N terms as large as the potentials: it is
+        # accumulated in float64 (float32 loses ~sqrt(N) ulps of the total)
+        acc = _accumulator(nodes)
+        log_scale = umax[:, :1, 0].to(acc)
         norms = torch.cat(norms, -1) if norms else umax[:, 1:, 0]
         if n > 1:
-            log_step = norms.log() + umax[:, 1:, 0] + tmax
+            log_step = norms.log().to(acc) + umax[:, 1:, 0].to(acc) + tmax.to(acc)
             log_scale = torch.cat([log_scale, log_scale + log_step.cumsum(-1)], -1)
         last = (lengths - 1)[:, None]
         p_last = probs.gather(1, last[..., None].expand(batch, 1, c)).squeeze(1)
         ctx.save_for_backward(probs, eu, et, norms, lengths)
-        return log_scale.gather(1, last).squeeze(1) + p_last.sum(-1).log()
+        out = log_scale.gather(1, last).squeeze(1) + p_last.sum(-1).log()
+        return out.to(nodes.dtype)
 
     @staticmethod
     @once_differentiable
@@ -289,6 +299,7 @@ class Chain:
         alpha = semiring.convert(nodes[:, 0])
         offset = _max(alpha, dims)
         alpha = alpha - offset
+        offset = offset.to(_accumulator(nodes))  # a sum of N large terms: float64
         for n in range(self.length - 1):
             new = semiring.vecmat(alpha, self._step(trans, n))
             new = new + nodes[:, n + 1].view(self.batch, -1, *(1,) * semiring.extra)
@@ -297,7 +308,8 @@ class Chain:
             alpha = torch.where(valid, new - c, alpha)
             offset = offset + torch.where(valid, c, 0)
         offset = offset.flatten(1)[:, 0]
-        return semiring.total(alpha) + offset.view(-1, *(1,) * semiring.extra)
+        out = semiring.total(alpha) + offset.view(-1, *(1,) * semiring.extra)
+        return out.to(nodes.dtype)
 
     def _scan(self, semiring: type[Semiring]) -> torch.Tensor:
         """Parallel associative scan over renormalised ``C × C`` edge matrices."""
@@ -307,22 +319,23 @@ class Chain:
         if self.ragged:
             one = semiring.one_matrix(c, edges.dtype, edges.device)
             edges = torch.where(self.valid[..., None, None], edges, one)
-        offset = nodes.new_zeros(self.batch)
+        acc = _accumulator(nodes)  # the offsets sum N terms as large as the potentials
+        offset = nodes.new_zeros(self.batch, dtype=acc)
         if edges.shape[1]:
             m = _max(edges, (-2, -1))
             edges = edges - m
-            offset = m.sum((1, 2, 3))
+            offset = m.sum((1, 2, 3), dtype=acc)
         while edges.shape[1] > 1:
             odd = edges.shape[1] % 2
             paired = semiring.matmul(edges[:, 0 : edges.shape[1] - odd : 2], edges[:, 1::2])
             m = _max(paired, (-2, -1))
             paired = paired - m
-            offset = offset + m.sum((1, 2, 3))
+            offset = offset + m.sum((1, 2, 3), dtype=acc)
             edges = torch.cat([paired, edges[:, edges.shape[1] - 1 :]], dim=1) if odd else paired
         alpha = nodes[:, 0]
         if edges.shape[1]:
             alpha = semiring.vecmat(alpha, edges[:, 0])
-        return semiring.total(alpha) + offset
+        return (semiring.total(alpha) + offset).to(nodes.dtype)
 
     def _fused_every(self) -> int | None:
         """Renormalisation interval of the fused pass, or ``None`` when probability space
@@ -497,6 +510,7 @@ class Chain:
             alpha = semiring.convert(nodes[:, 0])  # (B, C, k)
             offset = alpha.amax((1, 2))
             alpha = alpha - offset[:, None, None]
+            offset = offset.to(_accumulator(nodes))
             keep = torch.arange(c * k, device=nodes.device).view(1, c, k)
             pointers = []
             for n in range(self.length - 1):
@@ -511,7 +525,7 @@ class Chain:
                 offset = offset + torch.where(valid, m, 0)
                 pointers.append(torch.where(valid[:, None, None], ptr, keep))
             scores, flat = alpha.flatten(1).topk(k, dim=-1)
-            scores = scores + offset[:, None]
+            scores = (scores + offset[:, None]).to(nodes.dtype)
             state, rank = flat // k, flat % k
             path = [state]
             for ptr in reversed(pointers):
