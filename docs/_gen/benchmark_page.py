@@ -106,7 +106,10 @@ def render(results_dir: Path = RESULTS) -> tuple[str, dict[str, bytes]]:
             meta.append(f"total {report['seconds']:.0f} s")
         parts.append(" · ".join(meta))
         rows = report.get("results")
-        if isinstance(rows, dict):  # {case: {...}} -> rows
+        if isinstance(rows, dict) and rows and all(isinstance(v, list) for v in rows.values()):
+            # {case: [row, ...]} (one table per data set) -> rows tagged with their case
+            rows = [{"case": k, **r} for k, v in rows.items() for r in v if isinstance(r, dict)]
+        elif isinstance(rows, dict):  # {case: {...}} -> rows
             rows = [{"case": k, **v} if isinstance(v, dict) else {"case": k, "value": v}
                     for k, v in rows.items()]
         if rows:
